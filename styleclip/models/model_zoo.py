@@ -1,0 +1,110 @@
+"""Models the app can pick: a generator with the CLIP, identity model and precomputed statistics it goes with.
+
+A `ModelBundle` names registry entries (see registry.py); loading is cached per process so every engine and
+every UI session share one generator and one CLIP.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import registry
+from .generator import Generator
+from .generator_io import load_generator
+
+__all__ = ["ModelBundle", "DEFAULT_MODEL", "get_bundle", "list_bundles", "available_bundles",
+           "load_generator_spec", "register_bundle", "precomputed_dir"]
+
+DEFAULT_MODEL = "toyfaces"
+PRECOMPUTED_ROOT = registry.REPO_ROOT / "precomputed"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """One selectable model.
+
+    Attributes:
+        name: what the app and CLI call it ("toyfaces", "ffhq").
+        generator: registry name of the generator file.
+        clip: registry name (or CLIP name such as "ViT-B/32") of the CLIP model.
+        identity: registry name of the identity model, or None.
+        auto_beta_floor: channel count auto-beta keeps (20 for FFHQ in the official GUI, 100 for others).
+        truncation: truncation psi used when sampling sources from seeds.
+        description: one line for the model picker.
+    """
+
+    name: str
+    generator: str
+    clip: str
+    identity: str | None = None
+    auto_beta_floor: int = 20
+    truncation: float = 0.7
+    description: str = ""
+
+
+_BUNDLES: dict[str, ModelBundle] = {}
+_LOCK = threading.Lock()
+
+
+def register_bundle(bundle: ModelBundle) -> ModelBundle:
+    with _LOCK:
+        _BUNDLES[bundle.name] = bundle
+    return bundle
+
+
+register_bundle(ModelBundle(
+    name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",
+    auto_beta_floor=20, truncation=0.7,
+    description="StyleGAN2 FFHQ 1024 (rosinality format) + CLIP ViT-B/32 — bring your own weights"))
+
+
+def get_bundle(name: str) -> ModelBundle:
+    """The bundle called `name`; "" means the default model. Unknown names raise ValueError listing the known."""
+    name = name or DEFAULT_MODEL
+    try:
+        return _BUNDLES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_BUNDLES))}") from None
+
+
+def list_bundles() -> list[ModelBundle]:
+    return [_BUNDLES[k] for k in sorted(_BUNDLES)]
+
+
+def _files_present(bundle: ModelBundle) -> bool:
+    try:
+        registry.resolve(bundle.generator, allow_download=False, verify=False)
+        registry.resolve(bundle.clip, allow_download=False, verify=False)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+def available_bundles() -> list[ModelBundle]:
+    """Bundles whose generator and CLIP files are on disk now (the default model first)."""
+    present = [b for b in list_bundles() if _files_present(b)]
+    return sorted(present, key=lambda b: (b.name != DEFAULT_MODEL, b.name))
+
+
+def precomputed_dir(name: str) -> Path:
+    """Where the per-model statistics live: precomputed/<model>/."""
+    return PRECOMPUTED_ROOT / get_bundle(name).name
+
+
+@functools.lru_cache(maxsize=4)
+def _load_generator_cached(path: str) -> Generator:
+    return load_generator(path)
+
+
+def load_generator_spec(spec: str) -> Generator:
+    """A checkpoint path, a bundle name ("toyfaces") or a registry file name → a shared, eval-mode Generator."""
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"generator checkpoint not found: {spec}")
+        return _load_generator_cached(str(path.resolve()))
+    name = _BUNDLES[spec].generator if spec in _BUNDLES else spec
+    return _load_generator_cached(str(registry.resolve(name)))

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random-weight generators and checkpoints in the official formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from styleclip.models.generator import Generator
+from styleclip.models.generator_io import save_generator
+
+torch.set_num_threads(2)
+
+
+def make_tiny_generator(size: int = 32, style_dim: int = 32, seed: int = 0, nonzero: bool = True) -> Generator:
+    """A small random generator; `nonzero` gives noise strengths and biases non-zero values so that tests
+    exercise every term (fresh StyleGAN2 layers start them at 0)."""
+    torch.manual_seed(seed)
+    g = Generator(size, style_dim=style_dim, n_mlp=2, channel_max=16)
+    if nonzero:
+        with torch.no_grad():
+            for name, p in g.named_parameters():
+                if name.endswith("noise.weight"):
+                    p.fill_(0.3)
+                elif name.endswith("activate.bias") or name.endswith("bias") and "to_rgb" in name:
+                    p.normal_(0, 0.2)
+    g.latent_avg.copy_(g.mean_latent(256))
+    return g.eval()
+
+
+@pytest.fixture
+def tiny_generator() -> Generator:
+    return make_tiny_generator()
+
+
+@pytest.fixture
+def tiny_generator_file(tmp_path, tiny_generator):
+    path = tmp_path / "tiny_g.pt"
+    save_generator(tiny_generator, path)
+    return path
