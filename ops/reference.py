@@ -36,13 +36,29 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     """
     px0, px1, py0, py1 = _normalize_pad(pad)
     n, c, h, w = x.shape
+    kh, kw = kernel.shape
+    kernel = kernel.to(x.dtype)
+    if down == 1 and up == 1 and px0 == px1 >= 0 and py0 == py1 >= 0:
+        # Symmetric padding inside the convolution: no padded copy of a large activation.
+        weight = torch.flip(kernel, [0, 1])[None, None].expand(c, 1, kh, kw)
+        return F.conv2d(x, weight, padding=(py0, px0), groups=c)
+    if down == 1 and up > 1:
+        # Zero insertion + padded correlation with the flipped kernel == a strided transposed convolution
+        # (a true convolution with the kernel), cropped by P = k - 1 - p0 on both sides; the end is matched
+        # with output_padding. Avoids materialising the zero-inserted tensor (4x the data for up=2).
+        pad_y, pad_x = kh - 1 - py0, kw - 1 - px0
+        out_pad_y, out_pad_x = up + py1 - py0 - 1, up + px1 - px0 - 1
+        if pad_y >= 0 and pad_x >= 0 and 0 <= out_pad_y < up and 0 <= out_pad_x < up:
+            weight = kernel[None, None].expand(c, 1, kh, kw)
+            return F.conv_transpose2d(x, weight, stride=up, padding=(pad_y, pad_x),
+                                      output_padding=(out_pad_y, out_pad_x), groups=c)
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
         x = x.reshape(n, c, h * up, w * up)
     x = F.pad(x, (max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)))
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    weight = torch.flip(kernel, [0, 1]).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    weight = torch.flip(kernel, [0, 1])[None, None].expand(c, 1, kh, kw)
     x = F.conv2d(x, weight, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
