@@ -1,0 +1,175 @@
+"""Global directions: the Δs math on hand-made cases, caching, stacking, precompute resume, file formats."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from styleclip.engines.global_directions import (
+    GlobalDirections,
+    NoChannelsError,
+    auto_beta,
+    beta_for_min_channels,
+    style_direction,
+)
+from styleclip.engines.precompute import Cancelled, compute_relevance, precompute
+from styleclip.engines.statistics import StatisticsError, load_official_s_mean_std, load_statistics
+from styleclip.models.clip_model import ClipModel, build_small_clip
+from styleclip.models.generator import Generator
+from tests.conftest import make_tiny_generator
+
+
+def tiny_clip(resolution: int = 32) -> ClipModel:
+    return ClipModel.from_model(build_small_clip(
+        embed_dim=64, image_resolution=resolution, vision_layers=1, vision_width=64, vision_patch_size=8,
+        transformer_width=64, transformer_heads=1, transformer_layers=1, seed=0))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    g = make_tiny_generator(size=32)
+    clip_model = tiny_clip()
+    out = tmp_path_factory.mktemp("pre") / "tiny"
+    precompute(g, clip_model, out, n_stats=1000, n_images=2, generator_sha256="a" * 64, clip_sha256="b" * 64)
+    return GlobalDirections(g, clip_model, load_statistics(out, g, "a" * 64, "b" * 64))
+
+
+# ------------------------------------------------------------------------------------------ Δs math
+def test_threshold_normalisation_and_std_scaling():
+    r = torch.tensor([0.5, -0.2, 0.05, 0.3, -0.1])
+    std = torch.tensor([2.0, 1.0, 1.0, 0.5, 3.0])
+    delta, count = style_direction(r, beta=0.1, std_conv=std)
+    # kept: |r| >= 0.1 → indices 0, 1, 3, 4; divided by max|r| = 0.5; times std
+    torch.testing.assert_close(delta, torch.tensor([2.0, -0.4, 0.0, 0.3, -0.6]))
+    assert count == 4
+    assert float((delta / std).abs().max()) == pytest.approx(1.0)
+
+
+def test_no_channel_passes_beta_gives_a_suggestion_not_nan():
+    r = torch.linspace(-0.09, 0.09, 50)
+    with pytest.raises(NoChannelsError) as info:
+        style_direction(r, beta=0.15, std_conv=torch.ones(50))
+    suggested = info.value.suggested_beta
+    assert "Lower beta to" in str(info.value)
+    delta, count = style_direction(r, beta=suggested, std_conv=torch.ones(50))
+    assert count >= 10 and torch.isfinite(delta).all()
+    assert beta_for_min_channels(r, 10) == suggested
+
+
+def test_auto_beta_keeps_more_than_the_floor():
+    # 30 channels at 0.25, 100 at 0.15, the rest tiny
+    r = torch.cat([torch.full((30,), 0.25), torch.full((100,), 0.15), torch.full((500,), 0.01)])
+    assert auto_beta(r, min_channels=20) == pytest.approx(0.25)
+    assert auto_beta(r, min_channels=100) == pytest.approx(0.15)
+    assert auto_beta(r, min_channels=1000) == pytest.approx(0.10)  # nothing qualifies → 0.1
+
+
+# ------------------------------------------------------------------------------------------ engine
+def test_direction_leaves_torgb_channels_alone(engine):
+    d = engine.direction("face", "smiling face", beta=0.0)
+    g = engine.generator
+    for layer in g.style_layers:
+        part = d.delta_s[layer.offset: layer.offset + layer.dim]
+        if layer.is_torgb:
+            assert torch.count_nonzero(part) == 0
+    assert d.num_channels == sum(layer.dim for layer in g.conv_layers)
+    assert d.top_channels[0][0].startswith("conv")
+
+
+def test_alpha_and_beta_changes_reuse_cached_work(engine):
+    s = engine.source_s(engine.generator.z_to_w_plus(torch.randn(1, engine.generator.style_dim)))
+    first = engine.edit(s, "face", "face with glasses", alpha=2.0, beta=0.05)
+    calls = engine.clip.text_forward_calls
+    second = engine.edit(s, "face", "face with glasses", alpha=-3.0, beta=0.05)
+    assert second.direction is first.direction  # alpha: Δs not recomputed
+    engine.edit(s, "face", "face with glasses", alpha=1.0, beta=0.08)
+    assert engine.clip.text_forward_calls == calls  # beta: text not re-encoded
+    torch.testing.assert_close(second.s - s, -3.0 * first.direction.delta_s[None])
+
+
+def test_edits_stack(engine):
+    s = engine.source_s(engine.generator.z_to_w_plus(torch.randn(1, engine.generator.style_dim)))
+    a = engine.edit(s, "face", "smiling face", 3.0, 0.05)
+    b = engine.edit(a.s, "face", "face with a beard", 2.0, 0.05)
+    expected = s + 3.0 * a.direction.delta_s + 2.0 * b.direction.delta_s
+    torch.testing.assert_close(b.s, expected)
+    assert not torch.equal(b.img, a.img)
+
+
+def test_equal_texts_are_refused(engine):
+    with pytest.raises(ValueError, match="same"):
+        engine.direction("face", " face ", 0.1)
+
+
+# ------------------------------------------------------------------------------------------ precompute
+def test_relevance_resume_equals_an_uninterrupted_run(tmp_path):
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    full = compute_relevance(g, clip_model, n_images=3)
+    calls = {"n": 0}
+
+    def stop_after_one():
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    with pytest.raises(Cancelled):
+        compute_relevance(g, clip_model, n_images=3, state_dir=tmp_path, should_stop=stop_after_one)
+    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == 1
+    resumed = compute_relevance(g, clip_model, n_images=3, state_dir=tmp_path)
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(full.norm(dim=1), torch.ones(full.shape[0]), atol=1e-4)
+
+
+def test_manifest_hash_mismatch_is_refused(tmp_path):
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    precompute(g, clip_model, tmp_path / "m", n_stats=500, n_images=1, generator_sha256="a" * 64)
+    with pytest.raises(StatisticsError, match="another generator file"):
+        load_statistics(tmp_path / "m", g, generator_sha256="c" * 64)
+    with pytest.raises(StatisticsError, match="python -m styleclip precompute"):
+        load_statistics(tmp_path / "missing", g)
+
+
+# ------------------------------------------------------------------------------------------ official formats
+@pytest.fixture(scope="module")
+def ffhq_shaped():
+    return Generator(1024)
+
+
+@pytest.mark.parametrize("rows", [6048, 5376])
+def test_official_fs3_and_s_mean_std_load(tmp_path, ffhq_shaped, rows):
+    rng = np.random.default_rng(0)
+    fs3 = rng.standard_normal((rows, 512)).astype(np.float32)
+    np.save(tmp_path / "fs3.npy", fs3 / np.linalg.norm(fs3, axis=1, keepdims=True))
+    dims = [layer.dim for layer in ffhq_shaped.style_layers]
+    means = [rng.standard_normal(d).astype(np.float32) for d in dims]
+    stds = [np.abs(rng.standard_normal(d)).astype(np.float32) for d in dims]
+    with open(tmp_path / "S_mean_std", "wb") as f:
+        pickle.dump([means, stds], f)
+    stats = load_statistics(tmp_path, ffhq_shaped)
+    assert stats.fs3.shape == (rows, 512) and stats.mean.shape == (9088,)
+    torch.testing.assert_close(stats.std[512:1024], torch.from_numpy(stds[1]))
+    r = stats.relevance_of(torch.nn.functional.normalize(torch.randn(512), dim=0))
+    assert r.shape == (6048,) and torch.count_nonzero(r[rows:]) == 0
+
+
+def test_s_mean_std_unpickler_refuses_anything_but_arrays(tmp_path, ffhq_shaped):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    with open(tmp_path / "S_mean_std", "wb") as f:
+        pickle.dump([[Evil()], []], f)
+    with pytest.raises(StatisticsError, match="only numpy arrays"):
+        load_official_s_mean_std(tmp_path / "S_mean_std", ffhq_shaped)
+
+
+def test_fs3_with_wrong_rows_is_refused(tmp_path, ffhq_shaped):
+    np.save(tmp_path / "fs3.npy", np.zeros((1000, 512), np.float32))
+    with open(tmp_path / "S_mean_std", "wb") as f:
+        dims = [layer.dim for layer in ffhq_shaped.style_layers]
+        pickle.dump([[np.zeros(d, np.float32) for d in dims]] * 2, f)
+    with pytest.raises(StatisticsError, match="1000 rows"):
+        load_statistics(tmp_path, ffhq_shaped)
