@@ -137,6 +137,25 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(_BLUR_KERNEL, pad=(1, 1), upsample_factor=2)
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
 
+    def _scaled_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale·weight [out, in, k, k], its squares summed over the kernel [out, in]).
+
+        Cached while no gradient is needed: between slider moves the weights do not change, and recomputing
+        these is most of the cost of a low-resolution layer. The cache is keyed on the parameter's version,
+        so an optimizer step (in-place update) invalidates it.
+        """
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            weight = self.weight[0] * self.scale
+            return weight, weight.square().sum(dim=(2, 3))
+        cache = getattr(self, "_weight_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                weight = self.weight[0] * self.scale
+                cache = (key, weight, weight.square().sum(dim=(2, 3)))
+            self._weight_cache = cache
+        return cache[1], cache[2]
+
     def forward(self, x: torch.Tensor, s: torch.Tensor, bias: torch.Tensor | None = None,
                 input_gain: float = 1.0) -> torch.Tensor:
         """Modulated conv of `input_gain * x`.
@@ -144,31 +163,25 @@ class ModulatedConv2d(nn.Module):
         Args:
             x: [N, in, H, W]; s: [N, in] style (the output of `modulation`).
             bias: optional [out] bias added to the output (fused into the convolution when possible).
-            input_gain: a constant factor of the input; callers pass the previous activation's gain here so
-                that it is applied to the small weight instead of the large activation.
+            input_gain: a constant factor of the input (the previous activation's gain); it is folded into the
+                style instead of costing a pass over the activation.
 
         Returns:
             [N, out, H', W'] (H' = 2H with `upsample`).
         """
-        weight = self.weight[0] * self.scale  # [out, in, k, k]
-        if x.shape[0] == 1:
-            # One sample: modulating the weight ([out, in, k, k]) is far cheaper than the activation.
-            weight = weight * s[0][None, :, None, None]
-            if self.demodulate:
-                weight = weight * torch.rsqrt(weight.square().sum(dim=(1, 2, 3)) + _DEMOD_EPS)[:, None, None, None]
-            if input_gain != 1.0:
-                weight = weight * input_gain
+        weight, wsq = self._scaled_weight()
+        n, _, h, w = x.shape
+        # Demodulation normalises the modulated weight, so it depends on s but not on the input gain.
+        demod = torch.rsqrt(s.square() @ wsq.t() + _DEMOD_EPS) if self.demodulate else None  # [N, out]
+        s_in = s * input_gain if input_gain != 1.0 else s
+        # Modulate whichever is smaller: the weight (once per sample) or the activations.
+        if n == 1 and weight.numel() <= x[0].numel() + (self.out_channel * h * w if self.demodulate else 0):
+            factor = s_in[0][None, :] if demod is None else demod[0][:, None] * s_in[0][None, :]
+            weight = weight * factor[:, :, None, None]
             out_scale = None
         else:
-            # A batch: one shared weight, the style scales the input and the demodulation the output.
-            x = x * s[:, :, None, None]
-            out_scale = None
-            if self.demodulate:
-                # d[n, o] = 1/sqrt(sum_{i,k} (weight[o,i,k] * s[n,i])^2 + eps): an [N, in] x [in, out] product.
-                wsq = weight.square().sum(dim=(2, 3))  # [out, in]
-                out_scale = torch.rsqrt(s.square() @ wsq.t() + _DEMOD_EPS)  # [N, out]
-            if input_gain != 1.0:
-                weight = weight * input_gain
+            x = x * s_in[:, :, None, None]
+            out_scale = demod
         if self.upsample:
             # conv_transpose2d wants [in, out, k, k]; stride 2 then blur equals upstream's upsampling conv.
             x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)

@@ -1,0 +1,186 @@
+"""Train the embedded small CLIP contrastively on fresh renders and their generated captions.
+
+The model is the clip package's own `CLIP` class in a small configuration (64 px ViT), tokenised with clip's
+tokenizer, so every engine treats it like ViT-B/32. Part of the captions are wrapped in CLIP's ImageNet prompt
+templates ("a photo of a {}.") because global directions average text embeddings over those templates.
+Seeded and resumable:
+
+    python -m styleclip.toyfaces.train_clip --steps 3000        # resumes from runs/ if present
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import clip
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.clip_model import IMAGENET_TEMPLATES, build_small_clip, clip_config
+from . import captions
+from .renderer import NUM_PARAMS, params_from_normal, render_batch
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_STATE = REPO / "runs" / "toyfaces_clip" / "state.pt"
+DEFAULT_EXPORT = REPO / "assets" / "toyfaces" / "clip.pt"
+MODEL_KWARGS = dict(embed_dim=256, image_resolution=64, vision_layers=4, vision_width=256, vision_patch_size=8,
+                    transformer_width=128, transformer_heads=2, transformer_layers=4)
+_PREFIXES = sorted((p for p in captions._PREFIXES if p), key=len, reverse=True)
+
+
+def caption_body(text: str) -> str:
+    """'a photo of a smiling person with blond hair' → 'smiling person with blond hair'."""
+    for prefix in _PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    for article in ("a ", "an "):
+        if text.startswith(article):
+            return text[len(article):]
+    return text
+
+
+def make_caption(params, rng: np.random.Generator, template_prob: float) -> str:
+    text = captions.caption(params, rng)
+    if rng.random() < template_prob:
+        return IMAGENET_TEMPLATES[rng.integers(len(IMAGENET_TEMPLATES))].format(caption_body(text))
+    return text
+
+
+def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Small shifts, blur and noise, so the model also reads the generator's slightly soft images."""
+    n = img.shape[0]
+    dx, dy = rng.integers(-2, 3, size=2)
+    img = torch.roll(img, shifts=(int(dy), int(dx)), dims=(2, 3))
+    if rng.random() < 0.5:
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+        img = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    noise = torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
+    return img + noise * torch.from_numpy(rng.uniform(0, 0.04, size=(n, 1, 1, 1)).astype(np.float32))
+
+
+def batch_at(seed: int, step: int, batch: int, template_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([seed, step])
+    params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(batch)]
+    img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    texts = [make_caption(p, rng, template_prob) for p in params]
+    return augment(img, rng), clip.tokenize(texts, truncate=True)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 300) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+_CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+_CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
+    """model.encode_text on the context cut to the batch's longest prompt: the text transformer is causal and
+    reads the end token, so positions after it never matter. Differentiable, unlike the wrapper's cached path."""
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    mask = torch.full((length, length), float("-inf")).triu_(1)
+    x = x.permute(1, 0, 2)  # [L, N, width]
+    for block in model.transformer.resblocks:
+        h = block.ln_1(x)
+        x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2))
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    x = ((img + 1) / 2 - _CLIP_MEAN) / _CLIP_STD
+    image_features = F.normalize(model.encode_image(x), dim=-1)
+    text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
+    logits = model.logit_scale.exp() * image_features @ text_features.t()
+    labels = torch.arange(img.shape[0])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # No decay on embeddings, norms, biases: untrained token rows must stay exactly as initialised.
+        (no_decay if p.ndim < 2 or "embedding" in name or name in ("logit_scale",) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = build_small_clip(**MODEL_KWARGS, seed=args.seed).train().requires_grad_(True)
+    opt = make_optimizer(model, args.lr)
+    step, history = 0, []
+    state_path = Path(args.state)
+    if state_path.is_file() and not args.restart:
+        ckpt = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+
+    def save():
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history}, tmp)
+        tmp.replace(state_path)
+        export = Path(args.export)
+        export.parent.mkdir(parents=True, exist_ok=True)
+        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        torch.save({"state_dict": half, "config": clip_config(model), "train_step": step}, export.with_suffix(".tmp"))
+        export.with_suffix(".tmp").replace(export)
+
+    t_start, last_save, start_step, running = time.time(), time.time(), step, None
+    while step < args.steps:
+        img, tokens = batch_at(args.seed, step, args.batch, args.template_prob)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr)
+        loss = contrastive_loss(model, img, tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % args.log_every == 0:
+            rate = (step - start_step) / (time.time() - t_start)
+            history.append([step, round(running, 4)])
+            print(json.dumps({"step": step, "loss": round(running, 4), "logit_scale": round(
+                model.logit_scale.exp().item(), 2), "steps_per_s": round(rate, 3),
+                "eta_min": round((args.steps - step) / max(rate, 1e-9) / 60, 1)}), flush=True)
+        if time.time() - last_save > args.save_minutes * 60 or step == args.steps:
+            save()
+            last_save = time.time()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--template-prob", type=float, default=0.4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--state", default=str(DEFAULT_STATE))
+    p.add_argument("--export", default=str(DEFAULT_EXPORT))
+    p.add_argument("--save-minutes", type=float, default=5.0)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--restart", action="store_true")
+    train(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
