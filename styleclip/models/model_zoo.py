@@ -55,6 +55,17 @@ def register_bundle(bundle: ModelBundle) -> ModelBundle:
     return bundle
 
 
+# The embedded default: trained in this repo on the procedural toyfaces domain, shipped under assets/toyfaces/.
+registry.register(registry.ModelFile(
+    name="toyfaces-generator", filename="toyfaces-generator.pt", kind="generator", asset_path="toyfaces/generator.pt",
+    description="embedded 64 px StyleGAN2 distilled from the toyfaces renderer (python -m styleclip.toyfaces.train_generator)"))
+registry.register(registry.ModelFile(
+    name="toyfaces-clip", filename="toyfaces-clip.pt", kind="clip", asset_path="toyfaces/clip.pt",
+    description="embedded small CLIP (64 px ViT) trained on toyfaces captions (python -m styleclip.toyfaces.train_clip)"))
+register_bundle(ModelBundle(
+    name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
+    auto_beta_floor=20, truncation=1.0,
+    description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",
     auto_beta_floor=20, truncation=0.7,

@@ -1,0 +1,215 @@
+"""The application's library façade: loads models once per process and serves edits to the UI, API and CLI.
+
+Everything the app does goes through here; the UI only converts between widgets and these calls. Errors meant for
+people are `ValueError`s (or subclasses) with plain messages, which the UI shows as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .engines.global_directions import GlobalDirections
+from .engines.statistics import GlobalStatistics, StatisticsError, load_statistics
+from .imaging import img_to_image
+from .models import model_zoo, registry
+from .models.clip_model import ClipModel
+from .models.generator import Generator
+
+__all__ = ["Studio", "LoadedModel", "ALPHA_RANGE", "BETA_RANGE", "MAX_TEXT_CHARS", "validate_text",
+           "validate_range", "validate_seed", "seed_to_z", "MissingStatisticsError"]
+
+ALPHA_RANGE = (-10.0, 10.0)
+BETA_RANGE = (0.08, 0.3)
+MAX_TEXT_CHARS = 300  # CLIP's 77-token context holds about this much English; longer is refused by token count
+MAX_SEED = 2 ** 32 - 1
+
+
+class MissingStatisticsError(StatisticsError):
+    """The model has no precomputed statistics yet; the UI offers to compute them."""
+
+
+def validate_text(text: str | None, what: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValueError(f"The {what} text is empty. Type a short description, e.g. 'face' or 'smiling face'.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"The {what} text is too long ({len(text)} characters; at most {MAX_TEXT_CHARS}).")
+    return text
+
+
+def validate_range(value, name: str, lo: float, hi: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number between {lo} and {hi}, got {value!r}.") from None
+    if not np.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}.")
+    return value
+
+
+def validate_seed(seed) -> int:
+    try:
+        seed_f = float(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"The seed must be a whole number between 0 and {MAX_SEED}, got {seed!r}.") from None
+    if not np.isfinite(seed_f) or seed_f != int(seed_f) or not 0 <= int(seed_f) <= MAX_SEED:
+        raise ValueError(f"The seed must be a whole number between 0 and {MAX_SEED}, got {seed}.")
+    return int(seed_f)
+
+
+def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
+    """The upstream seed convention: numpy RandomState(seed).randn(1, z_dim) as float32 → z [1, z_dim]."""
+    return torch.from_numpy(np.random.RandomState(validate_seed(seed)).randn(1, z_dim).astype(np.float32))
+
+
+@dataclass
+class LoadedModel:
+    """One bundle's networks, loaded once and shared by every session."""
+
+    bundle: model_zoo.ModelBundle
+    generator: Generator
+    clip: ClipModel
+    generator_sha256: str | None = None
+    clip_sha256: str | None = None
+    _engine: GlobalDirections | None = None
+    _sources: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    def engine(self) -> GlobalDirections:
+        """The global-direction engine; raises MissingStatisticsError when precomputed files are absent."""
+        if self._engine is None:
+            directory = model_zoo.precomputed_dir(self.name)
+            try:
+                stats = load_statistics(directory, self.generator, self.generator_sha256, self.clip_sha256)
+            except StatisticsError as exc:
+                if "No precomputed statistics" in str(exc):
+                    raise MissingStatisticsError(str(exc)) from None
+                raise
+            self.set_statistics(stats)
+        return self._engine
+
+    def set_statistics(self, stats: GlobalStatistics) -> None:
+        self._engine = GlobalDirections(self.generator, self.clip, stats)
+
+    def source_w_plus(self, seed: int) -> torch.Tensor:
+        """w_plus [1, L, D] for a seed at the bundle's truncation (cached)."""
+        seed = validate_seed(seed)
+        with self._lock:
+            if seed in self._sources:
+                self._sources.move_to_end(seed)
+                return self._sources[seed]
+        with torch.inference_mode():
+            w_plus = self.generator.z_to_w_plus(seed_to_z(seed, self.generator.style_dim), self.bundle.truncation)
+        with self._lock:
+            self._sources[seed] = w_plus
+            while len(self._sources) > 256:
+                self._sources.popitem(last=False)
+        return w_plus
+
+    @torch.inference_mode()
+    def s_of_seed(self, seed: int) -> torch.Tensor:
+        """Flat s [1, s_dim] of a seed's source image."""
+        return self.generator.s_to_flat(self.generator.w_plus_to_s(self.source_w_plus(seed)))
+
+    @torch.inference_mode()
+    def render_s(self, s: torch.Tensor) -> np.ndarray:
+        """Flat s [1, s_dim] → uint8 image [R, R, 3]."""
+        return img_to_image(self.generator.synthesis(self.generator.flat_to_s(s)))
+
+
+class Studio:
+    """Process-wide model cache plus the operations the app exposes."""
+
+    def __init__(self):
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def model(self, name: str | None) -> LoadedModel:
+        bundle = model_zoo.get_bundle(name or "")
+        with self._lock:
+            if bundle.name not in self._models:
+                self._models[bundle.name] = self._load(bundle)
+            return self._models[bundle.name]
+
+    @staticmethod
+    def _load(bundle: model_zoo.ModelBundle) -> LoadedModel:
+        g_path = registry.resolve(bundle.generator)
+        c_path = registry.resolve(bundle.clip)
+        generator = model_zoo.load_generator_spec(str(g_path))
+        clip_model = ClipModel.load(c_path)
+        return LoadedModel(bundle, generator, clip_model, registry.sha256_file(g_path), registry.sha256_file(c_path))
+
+    # -------------------------------------------------------------------------------- global directions
+    def global_edit(self, model: str, seed, neutral: str, target: str, alpha, beta,
+                    source_s: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
+        """The `global_edit` API: returns (edited uint8 image, info with channels, beta, timings, params).
+
+        `source_s` [1, s_dim] replaces the seed's code (a stacked edit or an inverted photo).
+        """
+        t0 = time.perf_counter()
+        neutral, target = validate_text(neutral, "neutral"), validate_text(target, "target")
+        alpha = validate_range(alpha, "alpha (strength)", *ALPHA_RANGE)
+        beta = validate_range(beta, "beta (disentanglement)", *BETA_RANGE)
+        loaded = self.model(model)
+        seed = validate_seed(seed)
+        s = source_s if source_s is not None else loaded.s_of_seed(seed)
+        result = loaded.engine().edit(s, neutral, target, alpha, beta)
+        image = img_to_image(result.img)
+        d = result.direction
+        info = {
+            "model": loaded.name, "seed": seed, "neutral": neutral, "target": target, "alpha": alpha,
+            "beta": beta, "channels": d.num_channels, "text_direction_norm": round(d.text_norm, 4),
+            "top_channels": [{"layer": n, "channel": c, "relevance": round(r, 4)} for n, c, r in d.top_channels],
+            "timings_ms": {k: round(v * 1000, 1) for k, v in result.timings.items()}
+                          | {"total": round((time.perf_counter() - t0) * 1000, 1)},
+        }
+        return image, info
+
+    def auto_beta(self, model: str, neutral: str, target: str) -> float:
+        """The official GUI's beta choice for a text pair (channel floor from the model bundle)."""
+        loaded = self.model(model)
+        neutral, target = validate_text(neutral, "neutral"), validate_text(target, "target")
+        return loaded.engine().auto_beta(neutral, target, loaded.bundle.auto_beta_floor)
+
+    def apply_edit(self, model: str, s: torch.Tensor, neutral: str, target: str, alpha, beta) -> torch.Tensor:
+        """s + alpha·Δs as the new source code [1, s_dim] (for stacking edits)."""
+        engine = self.model(model).engine()
+        return engine.edit(s, neutral, target, float(alpha), float(beta)).s
+
+    def alpha_sweep_gif(self, model: str, s: torch.Tensor, neutral: str, target: str, alpha, beta,
+                        frames: int = 16, size: int = 256) -> bytes:
+        """A GIF sweeping alpha from -alpha to +alpha and back (bytes)."""
+        loaded = self.model(model)
+        engine = loaded.engine()
+        direction = engine.direction(neutral, target, float(beta))
+        alphas = np.concatenate([np.linspace(-alpha, alpha, frames), np.linspace(alpha, -alpha, frames)[1:-1]])
+        with torch.inference_mode():
+            batch = s + torch.from_numpy(alphas.astype(np.float32))[:, None] * direction.delta_s[None]
+            imgs = engine.render_s(batch)
+        pils = [Image.fromarray(img_to_image(i)).resize((size, size), Image.LANCZOS) for i in imgs]
+        buf = io.BytesIO()
+        pils[0].save(buf, format="GIF", save_all=True, append_images=pils[1:], duration=80, loop=0)
+        return buf.getvalue()
+
+    def export_npz(self, model: str, s: torch.Tensor, s_edit: torch.Tensor, neutral: str, target: str,
+                   alpha, beta) -> bytes:
+        """The source and edited S codes and the direction, as .npz bytes."""
+        engine = self.model(model).engine()
+        d = engine.direction(neutral, target, float(beta))
+        buf = io.BytesIO()
+        np.savez(buf, s_source=s.numpy(), s_edited=s_edit.numpy(), delta_s=d.delta_s.numpy(),
+                 alpha=np.float32(alpha), beta=np.float32(beta), neutral=neutral, target=target,
+                 num_channels=np.int32(d.num_channels), model=self.model(model).name)
+        return buf.getvalue()
