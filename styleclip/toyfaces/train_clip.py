@@ -6,6 +6,8 @@ templates ("a photo of a {}.") because global directions average text embeddings
 Seeded and resumable:
 
     python -m styleclip.toyfaces.train_clip --steps 3000        # resumes from runs/ if present
+
+Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/clip.pt; `--restart` starts over.
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ def train(args: argparse.Namespace) -> None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
+    elif Path(args.export).is_file() and not args.restart:
+        # A fresh clone has no runs/: continue from the shipped fp16 weights; the optimizer moments restart.
+        ckpt = torch.load(args.export, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        step = int(ckpt.get("train_step", 0))
+        print(json.dumps({"warm_start": args.export, "step": step}), flush=True)
 
     def save():
         state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,9 @@ learns to draw them. Fresh renders every step, so there is no dataset to overfit
 
     python -m styleclip.toyfaces.train_generator --steps 20000          # resumes from runs/ if present
     python -m styleclip.toyfaces.train_generator --export-only           # write assets/ from the last state
+
+Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/generator.pt and its recorded step;
+`--restart` trains from scratch.
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ def load_state(path: Path) -> dict:
     return state
 
 
+def warm_start(export_path: Path, seed: int) -> dict:
+    """A new session has no runs/ folder (it is not committed): continue from the shipped fp16 weights and their
+    recorded step. The optimizer moments restart; the schedule continues where it was."""
+    ckpt = torch.load(export_path, map_location="cpu", weights_only=True)
+    state = make_state(seed)
+    weights = {k: v.float() for k, v in ckpt["g_ema"].items()}
+    state["g"].load_state_dict(weights, strict=False)
+    state["g_ema"].load_state_dict(weights, strict=False)
+    state["step"] = int(ckpt.get("train_step", 0))
+    print(json.dumps({"warm_start": str(export_path), "step": state["step"]}), flush=True)
+    return state
+
+
 @torch.no_grad()
 def export(state: dict, path: Path, n_avg: int = 20_000) -> None:
     """Writes the EMA generator (fp16) with latent_avg, the mean w over n_avg z."""
@@ -95,7 +111,12 @@ def export(state: dict, path: Path, n_avg: int = 20_000) -> None:
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     state_path = Path(args.state)
-    state = load_state(state_path) if state_path.is_file() and not args.restart else make_state(args.seed)
+    if state_path.is_file() and not args.restart:
+        state = load_state(state_path)
+    elif Path(args.export).is_file() and not args.restart:
+        state = warm_start(Path(args.export), args.seed)
+    else:
+        state = make_state(args.seed)
     if args.export_only:
         export(state, Path(args.export))
         return

@@ -1,0 +1,1 @@
+"""The embedded toyfaces domain: renderer with ground-truth attributes, captions, attribute classifier."""

@@ -1,0 +1,75 @@
+"""CLI: render's seed convention and timing line, encode-text parity, plain errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from styleclip.cli import main, seed_to_z
+from styleclip.imaging import img_to_image
+from styleclip.models.clip_model import ClipModel, build_small_clip
+from styleclip.models.generator_io import load_generator
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "styleclip", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_render_follows_the_seed_convention(tmp_path, tiny_generator_file, capsys):
+    out = tmp_path / "x.png"
+    assert main(["render", "--generator", str(tiny_generator_file), "--seed", "7", "--truncation", "0.5",
+                 "--out", str(out), "--repeat", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["median_s"] > 0 and line["repeat"] == 2
+    g = load_generator(tiny_generator_file)
+    z = torch.from_numpy(np.random.RandomState(7).randn(1, g.style_dim).astype(np.float32))
+    assert torch.equal(seed_to_z(7, g.style_dim), z)
+    with torch.no_grad():
+        expected = img_to_image(g(z, truncation=0.5))
+    assert np.array_equal(np.asarray(Image.open(out)), expected)
+
+
+def test_encode_text_matches_full_context_clip(tmp_path, capsys):
+    model = build_small_clip(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64,
+                             vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=2,
+                             seed=3)
+    ClipModel.from_model(model).save(tmp_path / "clip.pt")
+    texts = ["a face", "a photo of a person with long blond hair and round glasses"]
+    assert main(["encode-text", "--clip", str(tmp_path / "clip.pt"), "--out", str(tmp_path / "e.npy"), *texts]) == 0
+    emb = np.load(tmp_path / "e.npy")
+    import clip
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.float().encode_text(clip.tokenize(texts)), dim=-1).numpy()
+    assert emb.shape == (2, 64) and emb.dtype == np.float32
+    cos = (emb * ref).sum(1)
+    assert cos.min() >= 0.9999
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "--generator", "missing.pt", "--out", "x.png"], "not found"),
+    (["render", "--generator", "no-such-model", "--out", "x.png"], "Unknown model name"),
+    (["render", "--generator", "NOTES", "--out", "x.png"], "is not"),
+])
+def test_bad_input_gives_one_line_and_no_traceback(tmp_path, args, message):
+    if args[2] == "NOTES":
+        (tmp_path / "notes.pt").write_text("not a checkpoint")
+        args = [*args[:2], str(tmp_path / "notes.pt"), *args[3:]]
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert result.stderr.startswith("error:")
+
+
+def test_encode_text_rejects_empty_and_overlong_text(tmp_path):
+    model = build_small_clip(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64,
+                             vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=1)
+    ClipModel.from_model(model).save(tmp_path / "clip.pt")
+    for text in ("   ", "word " * 100):
+        result = run_cli("encode-text", "--clip", str(tmp_path / "clip.pt"), "--out", str(tmp_path / "e.npy"), text)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
