@@ -205,8 +205,9 @@ def build_demo() -> gr.Blocks:
                         neutral = gr.Textbox(DEFAULT_NEUTRAL, label="Neutral (describes the face now)",
                                              max_lines=1)
                         target = gr.Textbox(DEFAULT_TARGET, label="Target (describes the face you want)",
-                                            max_lines=1)
-                        alpha = gr.Slider(*ALPHA_RANGE, value=4.1, step=0.1, label="alpha — strength")
+                                            max_lines=1, elem_id="target-text")
+                        alpha = gr.Slider(*ALPHA_RANGE, value=4.1, step=0.1, label="alpha — strength",
+                                          elem_id="alpha-slider")
                         beta = gr.Slider(*BETA_RANGE, value=0.15, step=0.01, label="beta — disentanglement")
                         with gr.Row():
                             apply_btn = gr.Button("Apply edit", variant="primary")
@@ -215,8 +216,8 @@ def build_demo() -> gr.Blocks:
                     with gr.Column():
                         with gr.Row():
                             original = gr.Image(label="Source", type="numpy", interactive=False)
-                            edited = gr.Image(label="Edited", type="numpy", interactive=False)
-                        info = gr.Markdown()
+                            edited = gr.Image(label="Edited", type="numpy", interactive=False, elem_id="edited-image")
+                        info = gr.Markdown(elem_id="edit-info")
                         channels = gr.Dataframe(headers=["layer", "channel", "relevance"], label="Most relevant "
                                                 "channels", interactive=False, max_height=260)
                 examples = gr.Gallery(label="Examples (click to use)", columns=12, height=110,

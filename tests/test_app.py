@@ -1,0 +1,159 @@
+"""End-to-end tests of app.py: the real app in a subprocess, driven through its API and through a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300  # loading + warming the default model on a busy 2-core CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+    return Client(app_url, verbose=False)
+
+
+def _call(client, *args):
+    image_path, info = client.predict(*args, api_name="/global_edit")
+    return np.asarray(Image.open(image_path).convert("RGB")), info
+
+
+def test_global_edit_api_edits_the_seed(client):
+    source, info0 = _call(client, "", 3, "face", "smiling face", 0.0, 0.15)
+    edited, info = _call(client, "", 3, "face", "smiling face", 6.0, 0.1)
+    assert source.shape == edited.shape and source.shape[2] == 3
+    assert info["channels"] > 0 and info["model"] == "toyfaces" and info["seed"] == 3
+    assert np.abs(edited.astype(int) - source.astype(int)).mean() > 1.0, "a strong edit must change the image"
+    same, _ = _call(client, "toyfaces", 3, "face", "smiling face", 6.0, 0.1)
+    np.testing.assert_array_equal(same, edited)  # "" is the default model, and edits are deterministic
+
+
+@pytest.mark.parametrize("args, message", [
+    (("", 1, "face", "", 4.0, 0.15), "target text is empty"),
+    (("", 1, "face", "smiling face", 40.0, 0.15), "must be between -10.0 and 10.0"),
+    (("", 1, "face", "smiling face", 4.0, 0.9), "must be between 0.08 and 0.3"),
+    (("", -5, "face", "smiling face", 4.0, 0.15), "seed must be a whole number"),
+    (("no-such-model", 1, "face", "smiling face", 4.0, 0.15), "no-such-model"),
+])
+def test_global_edit_api_gives_plain_errors(client, args, message):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError) as err:
+        client.predict(*args, api_name="/global_edit")
+    assert message in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_no_channel_beta_is_explained(client):
+    """A beta that keeps no channel gives a message with the beta that would work, never a NaN image."""
+    from gradio_client.exceptions import AppError
+    try:
+        _, info = _call(client, "", 1, "face", "face with a hat", 4.0, 0.3)
+    except AppError as exc:
+        assert "beta" in str(exc) and "channels" in str(exc)
+    else:
+        assert info["channels"] > 0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
+                    "(.ci/run installs them)")
+def test_browser_live_sliders_and_text(app_url, tmp_path):
+    """A person's path: the page loads with an edit shown, a new target re-renders, the alpha slider re-renders."""
+    selenium = pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    del selenium
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    try:
+        driver.get(app_url)
+        wait = WebDriverWait(driver, 180)
+
+        def info_text() -> str:
+            return driver.find_element(By.ID, "edit-info").text
+
+        def edited_src() -> str:
+            found = driver.find_elements(By.CSS_SELECTOR, "#edited-image img")
+            return found[0].get_attribute("src") if found else ""
+
+        wait.until(lambda d: "channels moved" in info_text() and edited_src())
+        assert "alpha +4.10" in info_text() and "“face” → “smiling face”" in info_text()
+        first_src = edited_src()
+
+        target = driver.find_element(By.CSS_SELECTOR, "#target-text input, #target-text textarea")
+        target.clear()
+        target.send_keys("face with blond hair", Keys.ENTER)
+        wait.until(lambda d: "“face with blond hair”" in info_text())
+        wait.until(lambda d: edited_src() != first_src)
+
+        slider = driver.find_element(By.CSS_SELECTOR, "#alpha-slider input[type='range']")
+        before = edited_src()
+        driver.execute_script(
+            "const s = arguments[0]; s.value = -3; s.dispatchEvent(new Event('input', {bubbles: true}));"
+            "s.dispatchEvent(new Event('change', {bubbles: true}));", slider)
+        wait.until(lambda d: "alpha -3.00" in info_text())
+        wait.until(lambda d: edited_src() != before)
+        assert "Traceback" not in driver.page_source
+        driver.save_screenshot(str(tmp_path / "app.png"))
+    finally:
+        driver.quit()
