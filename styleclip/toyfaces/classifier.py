@@ -71,11 +71,15 @@ class AttributeClassifier(nn.Module):
             {name: nn.Linear(hidden, n if kind == "discrete" else 1) for name, kind, n in self.attributes}
         )
 
-    def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        """img float [N, 3, 64, 64] in [-1, 1] -> name -> logits [N, n_values] (continuous: raw [N])."""
+    def _shared(self, img: torch.Tensor) -> torch.Tensor:
+        """img float [N, 3, 64, 64] in [-1, 1] -> the shared representation every head reads, [N, hidden]."""
         h = self.features(img)
         h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # [N, 2C]
-        h = self.trunk(h)
+        return self.trunk(h)
+
+    def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """img float [N, 3, 64, 64] in [-1, 1] -> name -> logits [N, n_values] (continuous: raw [N])."""
+        h = self._shared(img)
         out = {}
         for name, kind, _ in self.attributes:
             y = self.heads[name](h)
@@ -90,14 +94,7 @@ class AttributeClassifier(nn.Module):
             name -> probabilities [N, n_values] for discrete attributes (order of Attribute.values),
             name -> value in [0, 1] [N] for continuous ones.
         """
-        if img.dim() != 4 or img.shape[1] != 3:
-            raise ValueError(f"img must be [N, 3, H, W], got {tuple(img.shape)}")
-        param = next(self.parameters())
-        img = img.to(device=param.device, dtype=param.dtype)
-        if img.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            img = F.interpolate(
-                img, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
-            )
+        img = self._prepare(img)
         was_training = self.training
         self.eval()
         raw = self(img)
@@ -106,6 +103,35 @@ class AttributeClassifier(nn.Module):
             name: raw[name].softmax(dim=1) if kind == "discrete" else raw[name].sigmoid()
             for name, kind, _ in self.attributes
         }
+
+    @torch.inference_mode()
+    def embed(self, img: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (the trunk output all heads read), e.g. for a Frechet distance.
+
+        Args:
+            img: float [N, 3, H, W] in [-1, 1] (resized to 64x64 when H, W differ, as in predict).
+
+        Returns:
+            [N, hidden] float (hidden = config["hidden"], 256 by default), computed in eval mode.
+        """
+        img = self._prepare(img)
+        was_training = self.training
+        self.eval()
+        h = self._shared(img)
+        self.train(was_training)
+        return h
+
+    def _prepare(self, img: torch.Tensor) -> torch.Tensor:
+        """Checks img [N, 3, H, W], moves it to the weights' device/dtype and resizes it to 64x64."""
+        if img.dim() != 4 or img.shape[1] != 3:
+            raise ValueError(f"img must be [N, 3, H, W], got {tuple(img.shape)}")
+        param = next(self.parameters())
+        img = img.to(device=param.device, dtype=param.dtype)
+        if img.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            img = F.interpolate(
+                img, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
+            )
+        return img
 
 
 def save_classifier(
