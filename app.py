@@ -243,7 +243,8 @@ def build_demo() -> gr.Blocks:
             api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Textbox(), gr.Number(), gr.Number()]
             api_out = [gr.Image(type="numpy"), gr.JSON()]
             api_btn = gr.Button()
-        api_btn.click(api_global_edit, api_in, api_out, api_name="global_edit")
+        # Served outside the queue: one synthesis is cheaper than the queue's SSE round trips.
+        api_btn.click(api_global_edit, api_in, api_out, api_name="global_edit", queue=False)
 
         edit_inputs = [state, neutral, target, alpha, beta]
         edit_outputs = [edited, info, channels]

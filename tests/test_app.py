@@ -84,6 +84,8 @@ def test_global_edit_api_edits_the_seed(client):
     (("", 1, "face", "smiling face", 4.0, 0.9), "must be between 0.08 and 0.3"),
     (("", -5, "face", "smiling face", 4.0, 0.15), "seed must be a whole number"),
     (("no-such-model", 1, "face", "smiling face", 4.0, 0.15), "no-such-model"),
+    (("", 1, "smiling face", "smiling face", 4.0, 0.15), "texts are the same"),
+    (("", 1, "face", "a smiling face " * 30, 4.0, 0.15), "too long"),
 ])
 def test_global_edit_api_gives_plain_errors(client, args, message):
     from gradio_client.exceptions import AppError

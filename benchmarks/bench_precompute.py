@@ -1,0 +1,137 @@
+"""The relevance precompute against the official procedure: cost (generator-equivalent FLOPs) and agreement.
+
+Cost: FLOPs counted with torch's FlopCounterMode for one image of each method, scaled to a whole run, and
+expressed in units of one full-resolution generator forward pass (batch 1):
+  - ours: `image_jacobian_directions` per image (early-exit synthesis at CLIP's input size, CLIP forward, one
+    batched backward per output dimension) x n_images;
+  - official: every conv channel set to mean ± 5σ on 100 images, rendered at full resolution and CLIP-encoded:
+    2 x 100 x channels x (generator + CLIP).
+Agreement: for a set of text directions, the top-k channels by |relevance| of our matrix vs the official
+procedure's matrix (computed here on `--ref-images` images, all channels), averaged over directions.
+
+    python benchmarks/bench_precompute.py [--model toyfaces] [--ref-images 20] [--k 10]
+    python benchmarks/bench_precompute.py --model ffhq --flops-only     # FFHQ-1024 cost, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from styleclip.engines.global_directions import text_direction  # noqa: E402
+from styleclip.engines.precompute import clip_render_resolution, reference_relevance, sample_w  # noqa: E402
+from styleclip.engines.statistics import conv_channel_index  # noqa: E402
+from styleclip.imaging import img_to_images  # noqa: E402
+
+DIRECTIONS = [("face", "smiling face"), ("face", "face with blond hair"), ("face", "face with glasses"),
+              ("face", "face with a beard"), ("face", "face with closed eyes"), ("face", "face wearing a hat"),
+              ("face", "face with a purple background"), ("face", "old face"), ("face", "bald face"),
+              ("face", "face with red lipstick")]
+OFFICIAL_IMAGES = 100
+
+
+def _flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _jacobian_flops(generator, clip_model, s) -> int:
+    """FLOPs of `image_jacobian_directions` for one image: one forward, then one backward per CLIP dimension
+    (its batched backward is D backward passes; FlopCounterMode cannot follow autograd.grad's batching, so one
+    plain backward is counted and multiplied)."""
+    res = clip_render_resolution(generator, clip_model)
+    conv_ids = [layer.index for layer in generator.conv_layers]
+    leaves = {i: s[i].clone().requires_grad_(True) for i in conv_ids}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        emb = clip_model.encode_image(generator.synthesis([leaves.get(i, t) for i, t in enumerate(s)],
+                                                          until_resolution=res))[0]
+    forward = counter.get_total_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        emb[0].backward(inputs=list(leaves.values()))  # as autograd.grad: no weight gradients
+    return int(forward + clip_model.embed_dim * counter.get_total_flops())
+
+
+def cost(generator, clip_model, n_images: int) -> dict:
+    w = sample_w(generator, 1, seed=0, truncation=0.7)
+    with torch.no_grad():
+        s = generator.w_plus_to_s(generator.w_to_w_plus(w))
+    g_full = _flops(lambda: generator.synthesis(s))
+    with torch.no_grad():
+        images = img_to_images(generator.synthesis(s))
+    clip_eval = _flops(lambda: clip_model.encode_image_eval(list(images)))
+    ours_one = _jacobian_flops(generator, clip_model, s)
+    channels = conv_channel_index(generator).numel()
+    official = 2 * OFFICIAL_IMAGES * channels * (g_full + clip_eval)
+    ours = n_images * ours_one
+    return {"channels": channels, "clip_dim": clip_model.embed_dim, "generator_forward_gflop": g_full / 1e9,
+            "ours_images": n_images, "ours_per_image_g_equiv": ours_one / g_full,
+            "ours_total_g_equiv": ours / g_full, "official_total_g_equiv": official / g_full,
+            "flop_ratio_official_over_ours": official / ours}
+
+
+def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int) -> dict:
+    per_direction = {}
+    for neutral, target in DIRECTIONS:
+        dt, _ = text_direction(clip_model, neutral, target)
+        r_ours, r_ref = (fs3_ours @ dt).abs(), (fs3_ref @ dt).abs()
+        top_ours, top_ref = set(r_ours.topk(k).indices.tolist()), set(r_ref.topk(k).indices.tolist())
+        rank_ours, rank_ref = r_ours.argsort().argsort().float(), r_ref.argsort().argsort().float()
+        spearman = float(torch.corrcoef(torch.stack([rank_ours, rank_ref]))[0, 1])
+        per_direction[f"{neutral} -> {target}"] = {"top_k_overlap": len(top_ours & top_ref) / k,
+                                                   "top1_same": int(r_ours.argmax() == r_ref.argmax()),
+                                                   "spearman": round(spearman, 3)}
+    overlaps = [d["top_k_overlap"] for d in per_direction.values()]
+    return {"k": k, "mean_top_k_overlap": float(np.mean(overlaps)), "min_top_k_overlap": float(np.min(overlaps)),
+            "per_direction": per_direction}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toyfaces")
+    p.add_argument("--ref-images", type=int, default=20, help="images of the official procedure run here")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flops-only", action="store_true", help="skip the agreement (needs no statistics)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from styleclip.studio import Studio
+
+    if args.flops_only and args.model == "ffhq":
+        from styleclip.models.clip_model import build_small_clip, ClipModel
+        from styleclip.models.generator import Generator
+        generator = Generator(1024).eval()
+        clip_model = ClipModel.from_model(build_small_clip(embed_dim=512, image_resolution=224, vision_layers=12,
+                                                           vision_width=768, vision_patch_size=32,
+                                                           transformer_width=512, transformer_heads=8,
+                                                           transformer_layers=12, seed=0))
+        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, 32)}))
+        return
+    loaded = Studio().model(args.model)
+    stats = loaded.engine().stats
+    n_ours = int(stats.manifest.get("n_images", 32))
+    result = {"model": loaded.name, **cost(loaded.generator, loaded.clip, n_ours)}
+    if not args.flops_only:
+        t0 = time.time()
+        fs3_ref = reference_relevance(loaded.generator, loaded.clip, stats.mean, stats.std,
+                                      n_images=args.ref_images, truncation=loaded.bundle.truncation)
+        result["reference_images"] = args.ref_images
+        result["reference_seconds"] = round(time.time() - t0, 1)
+        result["agreement"] = agreement(stats.fs3, fs3_ref, loaded.clip, args.k)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
