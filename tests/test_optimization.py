@@ -1,0 +1,170 @@
+"""Tests for styleclip.engines.optimization: schedule, CLIP loss, l2 pull, S space, cancel, progress, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from styleclip.engines.optimization import (
+    STAGE,
+    OptimizationCancelled,
+    lr_schedule,
+    optimize,
+)
+from styleclip.engines.precompute import Cancelled, sample_w
+from styleclip.models import model_zoo, registry
+from styleclip.models.clip_model import ClipModel, build_small_clip
+from styleclip.models.identity import FeatureIdentity
+from styleclip.toyfaces.classifier import AttributeClassifier
+from tests.conftest import make_tiny_generator
+
+torch.set_num_threads(1)
+
+TEXT = "a smiling face with red hair"
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return make_tiny_generator(size=32)
+
+
+@pytest.fixture(scope="module")
+def clip_model():
+    model = build_small_clip(embed_dim=64, image_resolution=16, vision_layers=1, vision_width=64,
+                             vision_patch_size=8, transformer_width=64, transformer_heads=1,
+                             transformer_layers=1, seed=0)
+    return ClipModel.from_model(model)
+
+
+def clip_loss_of(clip_model, img):
+    with torch.no_grad():
+        return float(1 - (clip_model.encode_image(img) * clip_model.encode_text([TEXT])).sum(-1).mean())
+
+
+def test_lr_schedule_matches_the_official_formula():
+    assert lr_schedule(0.0, 0.1) == 0.0  # the first step does not move
+    assert lr_schedule(0.05, 0.1) == pytest.approx(0.1)
+    assert lr_schedule(0.5, 0.1) == pytest.approx(0.1)
+    assert lr_schedule(0.875, 0.1) == pytest.approx(0.1 * (0.5 - 0.5 * math.cos(0.5 * math.pi)))
+    assert lr_schedule(0.025, 0.1) == pytest.approx(0.05)
+    assert lr_schedule(0.99, 0.1) < 0.001
+
+
+def test_optimization_lowers_clip_loss_with_progress_and_previews(generator, clip_model):
+    calls, previews = [], []
+    params_before = {k: v.clone() for k, v in generator.state_dict().items()}
+    result = optimize(generator, clip_model, TEXT, seed=3, truncation=1.0, steps=20, lr=0.1, l2_lambda=0.0,
+                      progress=lambda d, t, s: calls.append((d, t, s)), preview_every=5,
+                      on_preview=lambda step, img: previews.append((step, tuple(img.shape))))
+    # Early exit: CLIP sees 16 px, so the loss renders at 16 while the result is full size.
+    assert result.loss_resolution == 16 and result.img.shape == (1, 3, 32, 32)
+    assert result.w_plus.shape == (1, generator.n_latent, generator.style_dim) and result.s is None
+    assert len(result.history) == 20 == result.steps_done
+    start, end = result.history[0].clip_loss, result.history[-1].clip_loss
+    assert end < start - 0.02, (start, end)
+    assert [c[:2] for c in calls] == [(i, 20) for i in range(1, 21)]
+    assert all(s.startswith(f"{STAGE}: loss ") and all(part in s for part in ("clip", "l2", "id"))
+               for _, _, s in calls)
+    assert previews == [(5, (1, 3, 32, 32)), (10, (1, 3, 32, 32)), (15, (1, 3, 32, 32)), (20, (1, 3, 32, 32))]
+    # The shared generator is untouched and holds no gradients.
+    assert all(torch.equal(v, params_before[k]) for k, v in generator.state_dict().items())
+    assert all(p.grad is None for p in generator.parameters())
+    # The reported final loss is that of the returned image.
+    assert result.final_clip_loss == pytest.approx(clip_loss_of(clip_model, result.img), abs=1e-5)
+
+
+def test_large_l2_lambda_keeps_w_plus_close(generator, clip_model):
+    z = torch.randn(1, generator.style_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        w0 = generator.z_to_w_plus(z)
+    free = optimize(generator, clip_model, TEXT, w0, steps=12, l2_lambda=0.0)
+    tied = optimize(generator, clip_model, TEXT, w0, steps=12, l2_lambda=5.0)
+    d_free = float((free.w_plus - w0).square().sum())
+    d_tied = float((tied.w_plus - w0).square().sum())
+    assert d_tied < 0.25 * d_free, (d_tied, d_free)
+    assert tied.history[-1].l2_loss > 0 and free.history[-1].l2_loss > 0
+    with torch.no_grad():
+        assert torch.equal(w0, generator.z_to_w_plus(z))  # the caller's start latent is not modified
+
+
+def test_cancel_keeps_the_latest_latent(generator, clip_model):
+    polls = []
+
+    def stop():
+        polls.append(1)
+        return len(polls) > 4
+
+    with pytest.raises(OptimizationCancelled, match="after 4 of 20") as exc:
+        optimize(generator, clip_model, TEXT, seed=0, steps=20, should_stop=stop)
+    assert isinstance(exc.value, Cancelled)
+    partial = exc.value.result
+    assert partial.steps_done == 4 and len(partial.history) == 4
+    assert partial.img.shape == (1, 3, 32, 32)
+    # Same start and steps as an uncancelled 20-step run's first 4 steps → the same latent.
+    full = optimize(generator, clip_model, TEXT, seed=0, steps=20, should_stop=lambda: False)
+    assert full.steps_done == 20
+    assert partial.history == full.history[:4]
+
+
+def test_s_space_moves_only_conv_styles(generator, clip_model):
+    # Full-resolution loss, so every conv layer sees a gradient (with the early exit at 16 px the 32 px layers
+    # would not move).
+    result = optimize(generator, clip_model, TEXT, seed=5, steps=8, l2_lambda=0.0, space="s",
+                      loss_resolution=generator.size)
+    assert result.w_plus is None and result.space == "s"
+    with torch.no_grad():
+        s0 = generator.w_plus_to_s(generator.w_to_w_plus(sample_w(generator, 1, seed=5, truncation=0.7)))
+    for layer, s, ref in zip(generator.style_layers, result.s, s0, strict=True):
+        moved = not torch.allclose(s, ref, atol=1e-6)
+        assert moved != layer.is_torgb, layer.name
+
+
+def test_identity_term(generator, clip_model):
+    torch.manual_seed(0)
+    ident = FeatureIdentity(AttributeClassifier(channels=(8, 8, 16, 16), hidden=32))
+    result = optimize(generator, clip_model, TEXT, seed=2, steps=6, id_lambda=0.5, identity=ident)
+    assert result.history[0].id_loss == pytest.approx(0.0, abs=1e-5)  # step 1 renders the start latent
+    assert result.history[-1].id_loss > 0
+    assert all(p.grad is None for p in ident.parameters())
+    with pytest.raises(ValueError, match="no identity model"):
+        optimize(generator, clip_model, TEXT, seed=2, steps=2, id_lambda=0.1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps"),
+    (dict(lr=-1.0), "lr"),
+    (dict(space="z"), "space"),
+    (dict(seed=-1), "seed"),
+    (dict(loss_resolution=12), "loss_resolution"),
+    (dict(w_plus_0=torch.zeros(1, 3, 3)), "w_plus_0"),
+])
+def test_bad_arguments_are_named(generator, clip_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        optimize(generator, clip_model, TEXT, **kwargs)
+
+
+def test_empty_text_is_refused(generator, clip_model):
+    with pytest.raises(ValueError, match="empty"):
+        optimize(generator, clip_model, "  ", seed=0, steps=2)
+
+
+def test_cli_optimize_on_the_embedded_model(tmp_path, capsys):
+    from styleclip.cli import main
+
+    bundle = model_zoo.get_bundle("toyfaces")
+    try:
+        registry.resolve(bundle.generator, allow_download=False, verify=False)
+        registry.resolve(bundle.clip, allow_download=False, verify=False)
+    except FileNotFoundError:
+        pytest.skip("embedded toyfaces weights not present")
+    out = tmp_path / "o.png"
+    assert main(["optimize", "--model", "toyfaces", "--seed", "1", "--text", "a face with a big smile",
+                 "--steps", "3", "--id-lambda", "0", "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out.is_file() and line["steps"] == 3 and line["out"] == str(out)
+    assert set(line) >= {"clip_loss_start", "clip_loss_end", "seconds", "identity"}
+    assert main(["optimize", "--model", "toyfaces", "--text", "", "--steps", "3", "--out", str(out)]) == 2
+    assert "empty" in capsys.readouterr().err
