@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import random
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -18,7 +22,10 @@ import ops
 from styleclip.engines.global_directions import NoChannelsError
 from styleclip.engines.precompute import precompute
 from styleclip.models import model_zoo
-from styleclip.studio import ALPHA_RANGE, BETA_RANGE, MissingStatisticsError, Studio
+from styleclip.engines.optimization import OptimizationCancelled
+from styleclip.imaging import img_to_image
+from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE, MissingStatisticsError,
+                              Studio)
 
 log = logging.getLogger("styleclip.app")
 STUDIO = Studio()
@@ -178,6 +185,64 @@ def on_compute_stats(state: dict, progress=gr.Progress()):
     return f"Statistics computed in {stats.manifest['seconds']:.0f} s and saved to `{out}`."
 
 
+OPTIMIZATION_NOTE = """Optimizes the **current seed's** latent (W+) so that CLIP matches the description, with an L2
+pull toward the start and an optional identity term (StyleCLIP's latent optimization). The preview and the loss plot
+update while it runs; *Stop* keeps what was reached. It starts from the seed's original image (applied global edits
+are not included)."""
+
+
+def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda):
+    """Runs the optimization in a worker thread and streams (preview, status, loss table) to the page.
+
+    Gradio cancels a streaming handler by closing it; `finally` then tells the worker to stop.
+    """
+    updates: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    outcome: dict = {}
+    rows: list[dict] = []
+
+    def work():
+        try:
+            outcome["result"] = STUDIO.optimize(
+                state["model"], state["seed"], text, steps, l2_lambda, id_lambda, should_stop=stop.is_set,
+                on_preview=lambda step, image: updates.put(("preview", step, image)),
+                on_step=lambda st: updates.put(("step", st, None)))
+        except Exception as exc:  # noqa: BLE001 - reported to the page below
+            outcome["error"] = exc
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, daemon=True, name="optimize").start()
+    image, status, last_yield = None, "Starting…", 0.0
+    try:
+        while (item := updates.get()) is not None:
+            kind, payload, extra = item
+            if kind == "step":
+                rows.extend({"step": payload.step, "term": term, "value": value} for term, value in
+                            (("CLIP", payload.clip_loss), ("L2 (weighted)", float(l2_lambda) * payload.l2_loss),
+                             ("identity (weighted)", float(id_lambda) * payload.id_loss)))
+                status = f"step {payload.step}/{int(steps)} · CLIP loss {payload.clip_loss:.4f}"
+            else:
+                image = for_display(extra)
+            if kind == "preview" or time.monotonic() - last_yield > 0.5:
+                last_yield = time.monotonic()
+                yield image, status, pd.DataFrame(rows)
+    finally:
+        stop.set()
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, OptimizationCancelled):
+            yield for_display(img_to_image(exc.result.img[0])), f"Stopped: {exc}", pd.DataFrame(rows)
+            return
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            raise gr.Error(str(exc))
+        log.error("optimization failed", exc_info=exc)
+        raise gr.Error(f"Something went wrong ({type(exc).__name__}). Please try again.")
+    result_image, info = outcome["result"]
+    yield (for_display(result_image), f"Done in {info['seconds']:.1f} s · CLIP loss {info['clip_loss_start']:.4f} → "
+           f"{info['clip_loss_end']:.4f} · seed {info['seed']} · “{info['text']}”", pd.DataFrame(rows))
+
+
 def api_global_edit(model: str, seed: float, neutral: str, target: str, alpha: float, beta: float):
     """API: (model, seed, neutral, target, alpha, beta) → (image, info). model "" is the default model."""
     try:
@@ -234,8 +299,25 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown("Per-prompt mapper networks: apply a trained mapper or train a new one. "
                             "*(This tab is being built: see the latent-mapper issue.)*")
             with gr.Tab("Latent optimization"):
-                gr.Markdown("Optimise one image's latent under a CLIP loss with L2 and identity terms. "
-                            "*(This tab is being built: see the latent-optimization issue.)*")
+                gr.Markdown(OPTIMIZATION_NOTE)
+                with gr.Row():
+                    with gr.Column():
+                        opt_text = gr.Textbox(DEFAULT_TARGET, label="Target description", max_lines=1,
+                                              elem_id="opt-text")
+                        opt_steps = gr.Slider(*OPT_STEPS_RANGE, value=OPT_STEPS_DEFAULT, step=1, label="steps",
+                                              elem_id="opt-steps")
+                        opt_l2 = gr.Slider(0.0, 0.1, value=0.008, step=0.001,
+                                           label="L2 weight — stay close to the source")
+                        opt_id = gr.Slider(0.0, 0.1, value=0.0, step=0.001, label="identity weight")
+                        with gr.Row():
+                            opt_run = gr.Button("Optimize", variant="primary", elem_id="opt-run")
+                            opt_stop = gr.Button("Stop")
+                    with gr.Column():
+                        opt_image = gr.Image(label="Optimized (updates while it runs)", type="numpy",
+                                             interactive=False, elem_id="opt-image")
+                        opt_info = gr.Markdown(elem_id="opt-info")
+                        opt_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms",
+                                               height=220)
         gr.Markdown(f"<small>custom ops: {ops.describe()} · torch {torch.__version__}</small>")
 
         # hidden API endpoint global_edit(model, seed, neutral, target, alpha, beta) -> (image, info)
@@ -266,6 +348,9 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         export_btn.click(on_export, edit_inputs, [exports], api_visibility="private")
         compute_btn.click(on_compute_stats, [state], [compute_msg], api_visibility="private")
+        opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id],
+                                  [opt_image, opt_info, opt_plot], api_visibility="private")
+        opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")
 
         def pick_example(evt: gr.SelectData, model_name, st):
             seed_value = EXAMPLE_SEEDS[evt.index]

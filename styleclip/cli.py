@@ -73,8 +73,9 @@ class _ProgressPrinter:
 
     def __call__(self, done: int, total: int, stage: str) -> None:
         now = time.time()
-        if stage != self.stage:
-            self.stage, self.t0 = stage, now
+        # Text after " | " is live detail (the mapper's losses); only the part before it is the stage.
+        if stage.split(" | ", 1)[0] != self.stage:
+            self.stage, self.t0 = stage.split(" | ", 1)[0], now
         if now - self.last < 1.0 and done < total:
             return
         self.last = now
@@ -113,6 +114,181 @@ def cmd_edit(args: argparse.Namespace) -> dict:
     return {"out": str(args.out), **info, "model": loaded.name}
 
 
+def cmd_optimize(args: argparse.Namespace) -> dict:
+    """Latent optimization of a seed's image toward a text (see engines/optimization.py)."""
+    from .engines.optimization import optimize
+    from .imaging import img_to_image, save_image
+    from .models.identity import identity_for_bundle
+    from .studio import Studio, validate_text
+
+    text = validate_text(args.text, "target")
+    loaded = Studio().model(args.model)
+    identity, id_lambda = None, args.id_lambda
+    if id_lambda is None:
+        # Auto: the notebook's 0.005 when the model has an identity network on disk, else no identity term.
+        try:
+            identity = identity_for_bundle(loaded.name)
+        except FileNotFoundError:
+            identity = None
+        id_lambda = 0.005 if identity is not None else 0.0
+    elif id_lambda > 0:
+        identity = identity_for_bundle(loaded.name)
+        if identity is None:
+            raise CliError(f"model {loaded.name!r} has no identity network; use --id-lambda 0")
+    w_plus_0 = loaded.source_w_plus(args.seed)
+    last = [0.0]
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if time.time() - last[0] >= 1.0 or done == total:  # stdout keeps the one JSON line
+            last[0] = time.time()
+            print(f"{done}/{total} {stage}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=args.steps, lr=args.lr,
+                      l2_lambda=args.l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
+                      progress=progress)
+    seconds = time.perf_counter() - t0
+    save_image(img_to_image(result.img), args.out)
+    return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "text": text, "steps": args.steps,
+            "space": args.space, "lr": args.lr, "l2_lambda": args.l2_lambda, "id_lambda": id_lambda,
+            "identity": identity.kind if identity is not None else None,
+            "clip_loss_start": round(result.history[0].clip_loss, 5),
+            "clip_loss_end": round(result.final_clip_loss, 5), "seconds": round(seconds, 2)}
+
+
+def _add_optimize_parser(sub) -> None:
+    p = sub.add_parser("optimize", help="latent optimization of a seed's image toward a text (slow on CPU)")
+    p.add_argument("--model", default="", help="model name; default: the embedded model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", required=True, help="target description, e.g. 'a person with purple hair'")
+    p.add_argument("--steps", type=int, default=40, help="Adam steps (StyleCLIP notebook: 40, script: 300)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--l2-lambda", type=float, default=0.008, help="pull toward the start latent")
+    p.add_argument("--id-lambda", type=float, default=None,
+                   help="identity loss weight; default 0.005 if the model has an identity network, else 0")
+    p.add_argument("--space", choices=("w_plus", "s"), default="w_plus")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_optimize)
+
+
+def _stop_on_interrupt():
+    """A should_stop flag set by Ctrl-C, so that training saves its checkpoint before stopping.
+
+    Returns (should_stop, restore); outside the main thread (signals unavailable) Ctrl-C keeps its default.
+    """
+    import signal
+    import threading
+
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return stop.is_set, lambda: None
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop.is_set, lambda: signal.signal(signal.SIGINT, previous)
+
+
+def cmd_train_mapper(args: argparse.Namespace) -> dict:
+    from .engines.mapper import GROUPS, train_mapper
+    from .models.identity import identity_for_bundle
+    from .studio import Studio, validate_text
+
+    text = validate_text(args.text, "mapper")
+    loaded = Studio().model(args.model)
+    identity, id_weight = None, args.id_weight
+    if id_weight is None:
+        # Auto: the official 0.1 where the model has a face-recognition network (ArcFace for ffhq). A domain
+        # proxy (toyfaces' attribute features) penalises the very attributes an edit should change: opt-in.
+        id_weight = 0.0
+        if loaded.bundle.identity is not None:
+            try:
+                identity, id_weight = identity_for_bundle(loaded.name), 0.1
+            except FileNotFoundError as exc:
+                note = str(exc).splitlines()[0]
+                print(f"note: training without the identity loss: {note}", file=sys.stderr)
+    elif id_weight > 0:
+        identity = identity_for_bundle(loaded.name)
+        if identity is None:
+            raise CliError(f"model {loaded.name!r} has no identity network; use --id-weight 0")
+    groups = [g for g in GROUPS if not getattr(args, f"no_{g}")]
+    truncation = loaded.bundle.truncation if args.truncation is None else args.truncation
+    out = Path(args.out)
+    resumed = out.exists()
+    should_stop, restore = _stop_on_interrupt()
+    t0 = time.perf_counter()
+    try:
+        mapper, history = train_mapper(
+            loaded.generator, loaded.clip, text, steps=args.steps, batch=args.batch, lr=args.lr,
+            clip_weight=args.clip_weight, l2_weight=args.l2_weight, id_weight=id_weight, identity=identity,
+            truncation=truncation, seed=args.seed,
+            groups=groups, norm_axis=args.norm_axis, checkpoint_path=out,
+            checkpoint_every=args.checkpoint_every, progress=_ProgressPrinter(), should_stop=should_stop,
+            meta={"model": loaded.name})
+    finally:
+        restore()
+    seconds = time.perf_counter() - t0
+    last = history[-10:]
+    parts = ("loss", "clip", "l2") + (("id",) if id_weight > 0 else ())
+    final = {k: round(statistics.mean(r[k] for r in last), 5) for k in parts} if last else {}
+    return {"out": str(out), "model": loaded.name, "text": text, "steps": len(history), "batch": args.batch,
+            "groups": list(mapper.groups), "id_weight": id_weight,
+            "identity": identity.kind if identity is not None else None, "resumed": resumed,
+            "seconds": round(seconds, 1), "final_losses_last10": final}
+
+
+def cmd_apply_mapper(args: argparse.Namespace) -> dict:
+    from .engines.mapper import apply_mapper, load_mapper
+    from .imaging import img_to_image, save_image
+    from .studio import Studio
+
+    t0 = time.perf_counter()
+    loaded = Studio().model(args.model)
+    t_load = time.perf_counter() - t0
+    mapper = load_mapper(args.mapper, loaded.generator)
+    w_plus = loaded.source_w_plus(args.seed)  # [1, L, D] at the bundle's truncation
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        w_edit = apply_mapper(mapper, w_plus, args.strength)
+        t2 = time.perf_counter()
+        img = loaded.generator.synthesis_w_plus(w_edit)
+    t3 = time.perf_counter()
+    save_image(img_to_image(img), args.out)
+    return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "strength": args.strength,
+            "text": mapper.meta.get("text"), "groups": list(mapper.groups),
+            "timings_ms": {"load_models": round(t_load * 1000, 1), "mapper": round((t2 - t1) * 1000, 2),
+                           "synthesis": round((t3 - t2) * 1000, 1)}}
+
+
+def _add_mapper_parsers(sub) -> None:
+    p = sub.add_parser("train-mapper", help="train a latent mapper for one text (rerun to resume)")
+    p.add_argument("--model", default="", help="model name; default: the embedded model")
+    p.add_argument("--text", required=True, help="the edit, e.g. 'a smiling face'")
+    p.add_argument("--out", type=Path, required=True,
+                   help="mapper file; also the training checkpoint (an existing one is resumed)")
+    p.add_argument("--steps", type=int, default=1000, help="total steps (official: 50000 on a GPU)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.5, help="Adam learning rate")
+    p.add_argument("--clip-weight", type=float, default=1.0)
+    p.add_argument("--l2-weight", type=float, default=0.8)
+    p.add_argument("--id-weight", type=float, default=None,
+                   help="identity loss weight; default 0.1 (official) if the model has a face-recognition "
+                        "network (ffhq: ArcFace), else 0; toyfaces' attribute-feature proxy is opt-in")
+    p.add_argument("--truncation", type=float, default=None, help="source sampling psi; default: the model's")
+    p.add_argument("--seed", type=int, default=0)
+    for group in ("coarse", "medium", "fine"):
+        p.add_argument(f"--no-{group}", action="store_true", help=f"leave the {group} W+ rows unchanged")
+    p.add_argument("--norm-axis", choices=("layers", "features"), default="layers",
+                   help="PixelNorm axis: 'layers' as the official mapper, or over each row's features")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.set_defaults(func=cmd_train_mapper)
+
+    p = sub.add_parser("apply-mapper", help="edit a seed's image with a trained (or official) mapper")
+    p.add_argument("--model", default="", help="model name; default: the embedded model")
+    p.add_argument("--mapper", type=Path, required=True, help="mapper file (ours or an official one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, default=1.0, help="scales the mapper's edit (1 = as trained)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_apply_mapper)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m styleclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=None, help="default: auto-beta")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_edit)
+    _add_optimize_parser(sub)
+    _add_mapper_parsers(sub)
     return parser
 
 

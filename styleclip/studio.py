@@ -30,6 +30,8 @@ ALPHA_RANGE = (-10.0, 10.0)
 BETA_RANGE = (0.08, 0.3)
 MAX_TEXT_CHARS = 300  # CLIP's 77-token context holds about this much English; longer is refused by token count
 MAX_SEED = 2 ** 32 - 1
+OPT_STEPS_RANGE = (1, 300)
+OPT_STEPS_DEFAULT = 40  # the official notebook's value; its script uses 300
 
 
 class MissingStatisticsError(StatisticsError):
@@ -213,3 +215,44 @@ class Studio:
                  alpha=np.float32(alpha), beta=np.float32(beta), neutral=neutral, target=target,
                  num_channels=np.int32(d.num_channels), model=self.model(model).name)
         return buf.getvalue()
+
+    # -------------------------------------------------------------------------------- latent optimization
+    def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=0.008, id_lambda=0.0,
+                 progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
+                 on_step=None) -> tuple[np.ndarray, dict]:
+        """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
+
+        Args:
+            progress: progress(done, total, stage) after every step.
+            should_stop: polled before every step; True ends the run with `OptimizationCancelled`, whose
+                `.result` holds the latest latent.
+            on_preview: on_preview(step, image uint8 [R, R, 3]) every `preview_every` steps and at the end.
+            on_step: on_step(OptimizationStep) after every step (losses as floats).
+
+        Returns:
+            (edited image uint8 [R, R, 3], info with the losses, the settings and the timing).
+        """
+        from .engines.optimization import optimize
+        from .models.identity import identity_for_bundle
+
+        t0 = time.perf_counter()
+        text = validate_text(text, "target")
+        steps = int(validate_range(steps, "steps", *OPT_STEPS_RANGE))
+        l2_lambda = validate_range(l2_lambda, "L2 weight", 0.0, 1.0)
+        id_lambda = validate_range(id_lambda, "identity weight", 0.0, 1.0)
+        loaded = self.model(model)
+        seed = validate_seed(seed)
+        identity = identity_for_bundle(loaded.name) if id_lambda > 0 else None
+        if id_lambda > 0 and identity is None:
+            raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
+        preview = None if on_preview is None else (lambda step, img: on_preview(step, img_to_image(img[0])))
+        result = optimize(loaded.generator, loaded.clip, text, loaded.source_w_plus(seed), steps=steps,
+                          l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, progress=progress,
+                          should_stop=should_stop, preview_every=preview_every, on_preview=preview,
+                          on_step=on_step)
+        first = result.history[0]
+        info = {"model": loaded.name, "seed": seed, "text": text, "steps": steps, "l2_lambda": l2_lambda,
+                "id_lambda": id_lambda, "clip_loss_start": round(first.clip_loss, 4),
+                "clip_loss_end": round(result.final_clip_loss, 4),
+                "seconds": round(time.perf_counter() - t0, 2)}
+        return img_to_image(result.img[0]), info

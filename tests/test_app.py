@@ -109,17 +109,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
-                    "(.ci/run installs them)")
-def test_browser_live_sliders_and_text(app_url, tmp_path):
-    """A person's path: the page loads with an edit shown, a new target re-renders, the alpha slider re-renders."""
-    selenium = pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-    del selenium
+needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and "
+                                   "chromium-driver (.ci/run installs them)")
 
+
+@pytest.fixture
+def browser(app_url, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -129,33 +125,66 @@ def test_browser_live_sliders_and_text(app_url, tmp_path):
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     try:
         driver.get(app_url)
-        wait = WebDriverWait(driver, 180)
-
-        def info_text() -> str:
-            return driver.find_element(By.ID, "edit-info").text
-
-        def edited_src() -> str:
-            found = driver.find_elements(By.CSS_SELECTOR, "#edited-image img")
-            return found[0].get_attribute("src") if found else ""
-
-        wait.until(lambda d: "channels moved" in info_text() and edited_src())
-        assert "alpha +4.10" in info_text() and "“face” → “smiling face”" in info_text()
-        first_src = edited_src()
-
-        target = driver.find_element(By.CSS_SELECTOR, "#target-text input, #target-text textarea")
-        target.clear()
-        target.send_keys("face with blond hair", Keys.ENTER)
-        wait.until(lambda d: "“face with blond hair”" in info_text())
-        wait.until(lambda d: edited_src() != first_src)
-
-        slider = driver.find_element(By.CSS_SELECTOR, "#alpha-slider input[type='range']")
-        before = edited_src()
-        driver.execute_script(
-            "const s = arguments[0]; s.value = -3; s.dispatchEvent(new Event('input', {bubbles: true}));"
-            "s.dispatchEvent(new Event('change', {bubbles: true}));", slider)
-        wait.until(lambda d: "alpha -3.00" in info_text())
-        wait.until(lambda d: edited_src() != before)
-        assert "Traceback" not in driver.page_source
-        driver.save_screenshot(str(tmp_path / "app.png"))
+        yield driver
     finally:
         driver.quit()
+
+
+def _text(driver, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+    found = driver.find_elements(By.ID, element_id)
+    return found[0].text if found else ""
+
+
+def _img_src(driver, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+    found = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
+    return found[0].get_attribute("src") if found else ""
+
+
+@needs_browser
+def test_browser_live_sliders_and_text(browser):
+    """A person's path: the page loads with an edit shown, a new target re-renders, the alpha slider re-renders."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info") and _img_src(d, "edited-image"))
+    assert "alpha +4.10" in _text(browser, "edit-info")
+    assert "“face” → “smiling face”" in _text(browser, "edit-info")
+    first_src = _img_src(browser, "edited-image")
+
+    target = browser.find_element(By.CSS_SELECTOR, "#target-text input, #target-text textarea")
+    target.clear()
+    target.send_keys("face with blond hair", Keys.ENTER)
+    wait.until(lambda d: "“face with blond hair”" in _text(d, "edit-info"))
+    wait.until(lambda d: _img_src(d, "edited-image") != first_src)
+
+    slider = browser.find_element(By.CSS_SELECTOR, "#alpha-slider input[type='range']")
+    before = _img_src(browser, "edited-image")
+    browser.execute_script(
+        "const s = arguments[0]; s.value = -3; s.dispatchEvent(new Event('input', {bubbles: true}));"
+        "s.dispatchEvent(new Event('change', {bubbles: true}));", slider)
+    wait.until(lambda d: "alpha -3.00" in _text(d, "edit-info"))
+    wait.until(lambda d: _img_src(d, "edited-image") != before)
+    assert "Traceback" not in browser.page_source
+
+
+@needs_browser
+def test_browser_latent_optimization_tab(browser):
+    """The optimization tab runs for real: live status, a result image and a final summary with the losses."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info"))
+    tab = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']")
+               if "optimization" in b.text.lower())
+    tab.click()
+    steps = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#opt-steps input[type='number']"))
+    steps.clear()
+    steps.send_keys("6")
+    browser.find_element(By.ID, "opt-run").click()
+    wait.until(lambda d: _text(d, "opt-info").startswith("Done"))
+    assert "CLIP loss" in _text(browser, "opt-info") and _img_src(browser, "opt-image")

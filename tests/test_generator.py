@@ -212,3 +212,16 @@ def test_inference_and_autograd_paths_render_the_same(tiny_generator):
     slow = tiny_generator.synthesis_w_plus(w_leaf)
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fast_single, slow.detach()[:1], atol=1e-5, rtol=1e-4)
+
+
+def test_weight_cache_from_inference_mode_serves_autograd_later(tiny_generator):
+    """The app renders under inference_mode, then an optimisation differentiates through the same frozen weights."""
+    tiny_generator.requires_grad_(False)
+    w_plus = tiny_generator.z_to_w_plus(torch.randn(1, 32, generator=torch.Generator().manual_seed(0)))
+    with torch.inference_mode():
+        expected = tiny_generator.synthesis_w_plus(w_plus)
+    leaf = w_plus.clone().requires_grad_(True)
+    img = tiny_generator.synthesis_w_plus(leaf)
+    img.square().mean().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    torch.testing.assert_close(img.detach(), expected, atol=1e-5, rtol=1e-4)

@@ -171,6 +171,7 @@ def optimize(
     should_stop: Callable[[], bool] | None = None,
     preview_every: int | None = None,
     on_preview: PreviewFn | None = None,
+    on_step: Callable[[OptimizationStep], None] | None = None,
     seed: int | None = 0,
     truncation: float = DEFAULTS["truncation"],
     loss_resolution: int | None = None,
@@ -198,6 +199,7 @@ def optimize(
         preview_every: render the full image every this many steps and pass it to `on_preview(step, img)`;
             the final image is passed too, as step `steps`.
         on_preview: receives (step, img [N, 3, R, R]) — a detached full-resolution render.
+        on_step: receives every step's `OptimizationStep` (the loss parts as floats, e.g. for a live plot).
         seed: used only when `w_plus_0` is None (numpy RandomState(seed) normal z, like the CLI/app).
         truncation: used only with `seed` (official 0.7 for the random start latent).
         loss_resolution: resolution the losses see; default the smallest generator resolution >= CLIP's input.
@@ -267,6 +269,8 @@ def optimize(
 
         history.append(OptimizationStep(i + 1, step_lr, loss.item(), clip_loss.item(), l2_loss.item(),
                                         id_loss.item()))
+        if on_step is not None:
+            on_step(history[-1])
         if progress is not None:
             progress(i + 1, steps, f"{STAGE}: {history[-1].describe()}")
         if on_preview is not None and preview_every and (i + 1) % preview_every == 0 and i + 1 < steps:

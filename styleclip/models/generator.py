@@ -149,7 +149,10 @@ class ModulatedConv2d(nn.Module):
             weight = self.weight[0] * self.scale
             return weight, weight.square().sum(dim=(2, 3))
         cache = getattr(self, "_weight_cache", None)
-        if cache is None or cache[0] != key:
+        # Tensors made under inference_mode cannot enter autograd (e.g. a latent optimisation after a UI edit
+        # with frozen weights), so such a cache is rebuilt the first time it is used outside inference mode.
+        stale_inference = cache is not None and cache[1].is_inference() and not torch.is_inference_mode_enabled()
+        if cache is None or cache[0] != key or stale_inference:
             with torch.no_grad():
                 weight = self.weight[0] * self.scale
                 cache = (key, weight, weight.square().sum(dim=(2, 3)))
