@@ -20,12 +20,12 @@ from PIL import Image
 
 import ops
 from styleclip.engines.global_directions import NoChannelsError
-from styleclip.engines.precompute import precompute
-from styleclip.models import model_zoo
 from styleclip.engines.optimization import OptimizationCancelled
+from styleclip.engines.precompute import Cancelled, precompute
 from styleclip.imaging import img_to_image
-from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE, MissingStatisticsError,
-                              Studio)
+from styleclip.models import model_zoo
+from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, MAPPER_STEPS_DEFAULT, MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE,
+                              OPT_STEPS_DEFAULT, OPT_STEPS_RANGE, MissingStatisticsError, Studio)
 
 log = logging.getLogger("styleclip.app")
 STUDIO = Studio()
@@ -185,62 +185,155 @@ def on_compute_stats(state: dict, progress=gr.Progress()):
     return f"Statistics computed in {stats.manifest['seconds']:.0f} s and saved to `{out}`."
 
 
+MAPPER_NOTE = """A latent mapper is a small network trained for one text: it maps any latent to its edited latent in
+one pass (StyleCLIP's second engine). Pick a mapper and apply it to one or many seeds, or train a new one below
+(minutes on a CPU for the embedded model; the loss plot and previews update while it trains; *Stop* keeps the
+checkpoint, and training again with the same settings resumes it)."""
+
 OPTIMIZATION_NOTE = """Optimizes the **current seed's** latent (W+) so that CLIP matches the description, with an L2
 pull toward the start and an optional identity term (StyleCLIP's latent optimization). The preview and the loss plot
 update while it runs; *Stop* keeps what was reached. It starts from the seed's original image (applied global edits
 are not included)."""
 
 
-def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda):
-    """Runs the optimization in a worker thread and streams (preview, status, loss table) to the page.
+def stream_job(job):
+    """Runs job(emit, should_stop) in a worker thread; yields each (kind, payload) it emits, then ("done", result).
 
-    Gradio cancels a streaming handler by closing it; `finally` then tells the worker to stop.
+    Gradio cancels a streaming handler by closing its generator; `finally` then tells the worker to stop.
+    Exceptions of the job are re-raised here, in the handler's thread.
     """
     updates: queue.Queue = queue.Queue()
     stop = threading.Event()
     outcome: dict = {}
-    rows: list[dict] = []
 
     def work():
         try:
-            outcome["result"] = STUDIO.optimize(
-                state["model"], state["seed"], text, steps, l2_lambda, id_lambda, should_stop=stop.is_set,
-                on_preview=lambda step, image: updates.put(("preview", step, image)),
-                on_step=lambda st: updates.put(("step", st, None)))
-        except Exception as exc:  # noqa: BLE001 - reported to the page below
+            outcome["result"] = job(lambda kind, payload: updates.put((kind, payload)), stop.is_set)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the handler below
             outcome["error"] = exc
         finally:
             updates.put(None)
 
-    threading.Thread(target=work, daemon=True, name="optimize").start()
-    image, status, last_yield = None, "Starting…", 0.0
+    threading.Thread(target=work, daemon=True, name="studio-job").start()
     try:
         while (item := updates.get()) is not None:
-            kind, payload, extra = item
+            yield item
+    finally:
+        stop.set()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield "done", outcome["result"]
+
+
+def job_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return gr.Error(str(exc))
+    log.error("job failed", exc_info=exc)
+    return gr.Error(f"Something went wrong ({type(exc).__name__}). Please try again.")
+
+
+def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda):
+    """Streams (preview, status, loss table) while the optimization runs; Stop keeps the latest result."""
+    rows: list[dict] = []
+    image, status, last_yield = None, "Starting…", 0.0
+
+    def job(emit, should_stop):
+        return STUDIO.optimize(state["model"], state["seed"], text, steps, l2_lambda, id_lambda,
+                               should_stop=should_stop, on_preview=lambda step, im: emit("preview", im),
+                               on_step=lambda st: emit("step", st))
+    try:
+        for kind, payload in stream_job(job):
             if kind == "step":
                 rows.extend({"step": payload.step, "term": term, "value": value} for term, value in
                             (("CLIP", payload.clip_loss), ("L2 (weighted)", float(l2_lambda) * payload.l2_loss),
                              ("identity (weighted)", float(id_lambda) * payload.id_loss)))
                 status = f"step {payload.step}/{int(steps)} · CLIP loss {payload.clip_loss:.4f}"
+            elif kind == "preview":
+                image = for_display(payload)
             else:
-                image = for_display(extra)
+                result_image, info = payload
+                yield (for_display(result_image), f"Done in {info['seconds']:.1f} s · CLIP loss "
+                       f"{info['clip_loss_start']:.4f} → {info['clip_loss_end']:.4f} · seed {info['seed']} · "
+                       f"“{info['text']}”", pd.DataFrame(rows))
+                return
             if kind == "preview" or time.monotonic() - last_yield > 0.5:
                 last_yield = time.monotonic()
                 yield image, status, pd.DataFrame(rows)
-    finally:
-        stop.set()
-    if "error" in outcome:
-        exc = outcome["error"]
-        if isinstance(exc, OptimizationCancelled):
-            yield for_display(img_to_image(exc.result.img[0])), f"Stopped: {exc}", pd.DataFrame(rows)
-            return
-        if isinstance(exc, (ValueError, FileNotFoundError)):
-            raise gr.Error(str(exc))
-        log.error("optimization failed", exc_info=exc)
-        raise gr.Error(f"Something went wrong ({type(exc).__name__}). Please try again.")
-    result_image, info = outcome["result"]
-    yield (for_display(result_image), f"Done in {info['seconds']:.1f} s · CLIP loss {info['clip_loss_start']:.4f} → "
-           f"{info['clip_loss_end']:.4f} · seed {info['seed']} · “{info['text']}”", pd.DataFrame(rows))
+    except OptimizationCancelled as exc:
+        yield for_display(img_to_image(exc.result.img[0])), f"Stopped: {exc}", pd.DataFrame(rows)
+    except Exception as exc:  # noqa: BLE001
+        raise job_error(exc) from None
+
+
+def mapper_choices(model: str, session_mappers: dict) -> list[tuple[str, str]]:
+    shipped = [(name, str(path)) for name, path in STUDIO.shipped_mappers(model).items()]
+    return shipped + [(f"{name} (trained here)", path) for name, path in session_mappers.items()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3, 7' → [0, 1, 2, 3, 7]."""
+    seeds: list[int] = []
+    for part in (text or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise gr.Error(f"Seeds are whole numbers or ranges like 0-7, separated by commas; got {part!r}.")
+        seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    return seeds
+
+
+@user_errors
+def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
+    if not mapper_path:
+        raise gr.Error("Pick a mapper first, or train one below.")
+    seeds = parse_seeds(seeds_text) or [state["seed"]]
+    results = STUDIO.apply_mapper(state["model"], mapper_path, seeds, strength)
+    gallery = [item for seed, src, edit in results
+               for item in ((for_display(src), f"seed {seed}"), (for_display(edit), f"seed {seed} · mapped"))]
+    paths = []
+    for seed, _, edit in results:
+        path = EXPORT_DIR / f"{state['model']}_{Path(mapper_path).stem}_seed{seed}_x{float(strength):.1f}.png"
+        Image.fromarray(edit).save(path)
+        paths.append(str(path))
+    return gallery, paths + [mapper_path]
+
+
+def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: dict):
+    """Streams (status, loss table, preview gallery, mapper choices, session mappers) while training."""
+    name = (text or "").strip()
+    out = EXPORT_DIR / f"mapper_{state['model']}_{abs(hash((name, int(steps), float(l2_weight)))):x}.pt"
+    rows: list[dict] = []
+    gallery, status, last_yield = [], "Starting…", 0.0
+    keep = gr.update()
+
+    def job(emit, should_stop):
+        return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, should_stop=should_stop,
+                                   on_step=lambda rec: emit("step", rec),
+                                   on_preview=lambda step, pairs: emit("preview", pairs))
+    try:
+        for kind, payload in stream_job(job):
+            if kind == "step":
+                rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
+                            for term in ("clip", "l2") if term in payload)
+                status = f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f}"
+            elif kind == "preview":
+                gallery = [for_display(im) for pair in payload for im in pair]
+            else:
+                session_mappers = {**session_mappers, name: payload["path"]}
+                choices = mapper_choices(state["model"], session_mappers)
+                yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f});"
+                       " it is now in the mapper list.", pd.DataFrame(rows), gallery,
+                       gr.update(choices=choices, value=payload["path"]), session_mappers)
+                return
+            if kind == "preview" or time.monotonic() - last_yield > 0.5:
+                last_yield = time.monotonic()
+                yield status, pd.DataFrame(rows), gallery, keep, session_mappers
+    except Cancelled:
+        yield (f"Stopped. The checkpoint is kept: train “{name}” again with the same settings to resume.",
+               pd.DataFrame(rows), gallery, keep, session_mappers)
+    except Exception as exc:  # noqa: BLE001
+        raise job_error(exc) from None
 
 
 def api_global_edit(model: str, seed: float, neutral: str, target: str, alpha: float, beta: float):
@@ -296,8 +389,39 @@ def build_demo() -> gr.Blocks:
                     compute_msg = gr.Markdown()
                 gr.Markdown(HOW_IT_WORKS)
             with gr.Tab("Latent mapper"):
-                gr.Markdown("Per-prompt mapper networks: apply a trained mapper or train a new one. "
-                            "*(This tab is being built: see the latent-mapper issue.)*")
+                gr.Markdown(MAPPER_NOTE)
+                session_mappers = gr.State({})
+                with gr.Row():
+                    with gr.Column():
+                        mapper_pick = gr.Dropdown(mapper_choices(default_model, {}), label="Mapper",
+                                                  elem_id="mapper-pick")
+                        mapper_seeds = gr.Textbox("", label="Seeds (e.g. 0-7, 12; empty: the current seed)",
+                                                  max_lines=1, elem_id="mapper-seeds")
+                        mapper_strength = gr.Slider(*MAPPER_STRENGTH_RANGE, value=1.0, step=0.1,
+                                                    label="strength (1 = as trained)")
+                        mapper_apply = gr.Button("Apply mapper", variant="primary", elem_id="mapper-apply")
+                    with gr.Column():
+                        mapper_gallery = gr.Gallery(label="Source and mapped, per seed", columns=4, height=300,
+                                                    elem_id="mapper-gallery")
+                        mapper_files = gr.File(label="Downloads: mapped PNGs and the mapper", file_count="multiple",
+                                               interactive=False)
+                with gr.Accordion("Train a new mapper", open=False):
+                    with gr.Row():
+                        with gr.Column():
+                            train_text = gr.Textbox("smiling face", label="Text the mapper should achieve",
+                                                    max_lines=1, elem_id="train-text")
+                            train_steps = gr.Slider(*MAPPER_STEPS_RANGE, value=MAPPER_STEPS_DEFAULT, step=1,
+                                                    label="steps", elem_id="train-steps")
+                            train_l2 = gr.Slider(0.0, 2.0, value=0.8, step=0.05,
+                                                 label="L2 weight — smaller edits more, larger keeps more")
+                            with gr.Row():
+                                train_btn = gr.Button("Train", variant="primary", elem_id="train-run")
+                                train_stop = gr.Button("Stop")
+                            train_status = gr.Markdown(elem_id="train-status")
+                        with gr.Column():
+                            train_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms",
+                                                     height=200)
+                            train_preview = gr.Gallery(label="Preview: source / mapped", columns=4, height=200)
             with gr.Tab("Latent optimization"):
                 gr.Markdown(OPTIMIZATION_NOTE)
                 with gr.Row():
@@ -348,6 +472,12 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         export_btn.click(on_export, edit_inputs, [exports], api_visibility="private")
         compute_btn.click(on_compute_stats, [state], [compute_msg], api_visibility="private")
+        mapper_apply.click(on_apply_mapper, [state, mapper_pick, mapper_seeds, mapper_strength],
+                           [mapper_gallery, mapper_files], api_visibility="private")
+        train_event = train_btn.click(on_train_mapper, [state, train_text, train_steps, train_l2, session_mappers],
+                                      [train_status, train_plot, train_preview, mapper_pick, session_mappers],
+                                      api_visibility="private")
+        train_stop.click(None, None, None, cancels=[train_event], api_visibility="private")
         opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id],
                                   [opt_image, opt_info, opt_plot], api_visibility="private")
         opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")

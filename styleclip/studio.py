@@ -11,6 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from PIL import Image
 
 from .engines.global_directions import GlobalDirections
 from .engines.statistics import GlobalStatistics, StatisticsError, load_statistics
-from .imaging import img_to_image
+from .imaging import img_to_image, img_to_images
 from .models import model_zoo, registry
 from .models.clip_model import ClipModel
 from .models.generator import Generator
@@ -32,6 +33,10 @@ MAX_TEXT_CHARS = 300  # CLIP's 77-token context holds about this much English; l
 MAX_SEED = 2 ** 32 - 1
 OPT_STEPS_RANGE = (1, 300)
 OPT_STEPS_DEFAULT = 40  # the official notebook's value; its script uses 300
+MAPPER_STEPS_RANGE = (1, 5000)
+MAPPER_STEPS_DEFAULT = 300
+MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
+MAX_BATCH_SEEDS = 16
 
 
 class MissingStatisticsError(StatisticsError):
@@ -136,6 +141,7 @@ class Studio:
 
     def __init__(self):
         self._models: dict[str, LoadedModel] = {}
+        self._mappers: dict[str, torch.nn.Module] = {}  # loaded or trained mappers by file path
         self._lock = threading.Lock()
 
     def model(self, name: str | None) -> LoadedModel:
@@ -256,3 +262,63 @@ class Studio:
                 "clip_loss_end": round(result.final_clip_loss, 4),
                 "seconds": round(time.perf_counter() - t0, 2)}
         return img_to_image(result.img[0]), info
+
+    # -------------------------------------------------------------------------------- latent mapper
+    def shipped_mappers(self, model: str) -> dict[str, Path]:
+        """Shipped mapper files of a model: {name: path} from assets/mappers/<model>/."""
+        folder = model_zoo.mappers_dir(self.model(model).name)
+        return {p.stem.replace("_", " "): p for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
+
+    def apply_mapper(self, model: str, mapper_path: str | Path, seeds, strength=1.0
+                     ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Applies a mapper file to each seed: [(seed, source image, edited image)] (uint8 [R, R, 3])."""
+        from .engines.mapper import apply_mapper, load_mapper
+
+        loaded = self.model(model)
+        strength = validate_range(strength, "strength", *MAPPER_STRENGTH_RANGE)
+        seeds = [validate_seed(s) for s in seeds]
+        if not seeds or len(seeds) > MAX_BATCH_SEEDS:
+            raise ValueError(f"Give between 1 and {MAX_BATCH_SEEDS} seeds.")
+        mapper = self._mappers.get(str(mapper_path))
+        if mapper is None:
+            mapper = load_mapper(mapper_path, loaded.generator)
+            self._mappers[str(mapper_path)] = mapper
+        with torch.inference_mode():
+            w_plus = torch.cat([loaded.source_w_plus(s) for s in seeds])
+            imgs = loaded.generator.synthesis_w_plus(torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)]))
+        images = img_to_images(imgs)
+        return [(s, images[i], images[len(seeds) + i]) for i, s in enumerate(seeds)]
+
+    def train_mapper(self, model: str, text: str, out_path: str | Path, steps=MAPPER_STEPS_DEFAULT,
+                     l2_weight=0.8, progress=None, should_stop=None, on_preview=None, on_step=None,
+                     preview_every: int = 25) -> dict:
+        """Trains a mapper for `text` into out_path (resumes if it exists).
+
+        Args:
+            progress: progress(done, total, stage) after each step.
+            on_step: on_step({"step", "loss", "clip", "l2"}) after each step.
+            on_preview: on_preview(step, [(source image, edited image)]) every `preview_every` steps.
+            should_stop: polled before each step; True saves and raises `Cancelled`.
+
+        Returns:
+            info with the final losses, the settings and the timing.
+        """
+        from .engines.mapper import train_mapper
+
+        t0 = time.perf_counter()
+        text = validate_text(text, "mapper")
+        steps = int(validate_range(steps, "steps", *MAPPER_STEPS_RANGE))
+        l2_weight = validate_range(l2_weight, "L2 weight", 0.0, 2.0)
+        loaded = self.model(model)
+        preview = None if on_preview is None else (lambda step, src, edit: on_preview(
+            step, list(zip(img_to_images(src), img_to_images(edit)))))
+        mapper, record = train_mapper(
+            loaded.generator, loaded.clip, text, steps=steps, batch=2, lr=0.5, clip_weight=1.0,
+            l2_weight=l2_weight, truncation=loaded.bundle.truncation, seed=0, progress=progress, on_step=on_step,
+            should_stop=should_stop, checkpoint_path=out_path, preview_every=preview_every, on_preview=preview,
+            meta={"model": loaded.name, "text": text})
+        self._mappers[str(out_path)] = mapper
+        last = record[-1] if record else {}
+        return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight,
+                "clip_loss_end": round(last.get("clip", float("nan")), 4),
+                "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}

@@ -188,3 +188,26 @@ def test_browser_latent_optimization_tab(browser):
     browser.find_element(By.ID, "opt-run").click()
     wait.until(lambda d: _text(d, "opt-info").startswith("Done"))
     assert "CLIP loss" in _text(browser, "opt-info") and _img_src(browser, "opt-image")
+
+
+@needs_browser
+def test_browser_mapper_train_then_apply(browser):
+    """Train a mapper for a few steps from the page, then apply it to a batch of seeds."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 240)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info"))
+    next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']") if "mapper" in b.text.lower()).click()
+    wait.until(lambda d: any("Train a new mapper" in b.text for b in d.find_elements(By.TAG_NAME, "button")))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Train a new mapper" in b.text).click()
+    steps = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#train-steps input[type='number']"))
+    steps.clear()
+    steps.send_keys("4")
+    browser.find_element(By.ID, "train-run").click()
+    wait.until(lambda d: _text(d, "train-status").startswith("Trained"))
+    seeds = browser.find_element(By.CSS_SELECTOR, "#mapper-seeds input, #mapper-seeds textarea")
+    seeds.send_keys("0-2")
+    browser.find_element(By.ID, "mapper-apply").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#mapper-gallery img")) >= 6)
+    assert "Traceback" not in browser.page_source

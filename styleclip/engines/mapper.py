@@ -616,6 +616,7 @@ def train_mapper(
     on_preview: PreviewFn | None = None,
     preview_count: int = 4,
     meta: dict[str, Any] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[LevelsMapper, list[dict[str, float]]]:
     """Train a mapper for one text prompt (StyleCLIP's mapper objective), resumable and cancellable.
 
@@ -654,6 +655,7 @@ def train_mapper(
         preview_every, on_preview: every `preview_every` steps, on_preview(step, img_source, img_edit) gets
             `preview_count` fixed sources and their edits at full resolution ([P, 3, R, R], no grad).
         meta: extra JSON-like values stored in the checkpoint's meta (e.g. {"model": "toyfaces"}).
+        on_step: on_step(record) after each step, the record as in the returned history (for live plots).
 
     Returns:
         (mapper in eval mode, history): one record per step done so far, including resumed ones:
@@ -761,6 +763,8 @@ def train_mapper(
                 mapper.train()
         if progress is not None:
             progress(state.step, steps, f"training mapper | {_loss_text(record)}")
+        if on_step is not None:
+            on_step(dict(record))
     if state.step != last_saved or (path is not None and not path.exists()):
         save()
     return mapper.eval(), list(state.history)

@@ -20,6 +20,7 @@ __all__ = ["ModelBundle", "DEFAULT_MODEL", "get_bundle", "list_bundles", "availa
 
 DEFAULT_MODEL = "toyfaces"
 PRECOMPUTED_ROOT = registry.REPO_ROOT / "precomputed"
+ASSETS_ROOT = registry.REPO_ROOT / "assets"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ def available_bundles() -> list[ModelBundle]:
     """Bundles whose generator and CLIP files are on disk now (the default model first)."""
     present = [b for b in list_bundles() if _files_present(b)]
     return sorted(present, key=lambda b: (b.name != DEFAULT_MODEL, b.name))
+
+
+def mappers_dir(name: str) -> Path:
+    """Where a model's shipped latent mappers live: assets/mappers/<model>/*.pt."""
+    return ASSETS_ROOT / "mappers" / get_bundle(name).name
 
 
 def precomputed_dir(name: str) -> Path:
