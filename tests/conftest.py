@@ -7,8 +7,33 @@ import torch
 
 from styleclip.models.generator import Generator
 from styleclip.models.generator_io import save_generator
+from styleclip.toyfaces.renderer import FaceParams
 
 torch.set_num_threads(2)
+
+# A plain toyface that tests change one attribute at a time.
+BASE_FACE = FaceParams(
+    hair_color="brown",
+    hair_style="short",
+    skin_tone="light",
+    eye_color="blue",
+    eyes="open",
+    mouth="neutral",
+    glasses="none",
+    hat="none",
+    facial_hair="none",
+    earrings="none",
+    lipstick="none",
+    blush="none",
+    nose="small",
+    age="young",
+    background="blue",
+    face_width=0.5,
+)
+
+# A CLIP small enough for unit tests: the clip package's own classes, the real tokenizer, random weights.
+TINY_CLIP = dict(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                 transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
 def make_tiny_generator(size: int = 32, style_dim: int = 32, seed: int = 0, nonzero: bool = True) -> Generator:

@@ -24,16 +24,9 @@ from styleclip.models.clip_model import (
     clip_config,
 )
 
-TINY = dict(
-    embed_dim=64,
-    image_resolution=32,
-    vision_layers=2,
-    vision_width=64,
-    vision_patch_size=8,
-    transformer_width=64,
-    transformer_heads=1,
-    transformer_layers=2,
-)
+from tests.conftest import TINY_CLIP  # noqa: E402
+
+TINY = TINY_CLIP
 
 PROMPTS = [
     "a face",

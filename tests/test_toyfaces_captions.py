@@ -16,26 +16,9 @@ from styleclip.toyfaces.captions import (
     is_adjective,
     zero_shot_prompts,
 )
-from styleclip.toyfaces.renderer import FaceParams, labels_of, sample_params, set_attribute
+from styleclip.toyfaces.renderer import labels_of, sample_params, set_attribute
 
-BASE = FaceParams(
-    hair_color="brown",
-    hair_style="short",
-    skin_tone="light",
-    eye_color="blue",
-    eyes="open",
-    mouth="neutral",
-    glasses="none",
-    hat="none",
-    facial_hair="none",
-    earrings="none",
-    lipstick="none",
-    blush="none",
-    nose="small",
-    age="young",
-    background="blue",
-    face_width=0.5,
-)
+from tests.conftest import BASE_FACE as BASE  # noqa: E402
 
 
 def _contains(text: str, phrase: str) -> bool:

@@ -25,20 +25,12 @@ from styleclip.toyfaces.eval_generator import (
 )
 from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, params_from_normal, render, render_batch
 
+from tests.conftest import TINY_CLIP  # noqa: E402
+
 torch.set_num_threads(1)
 
 DISCRETE = [a.name for a in ATTRIBUTES if a.kind == "discrete"]
 CONTINUOUS = [a.name for a in ATTRIBUTES if a.kind == "continuous"]
-TINY_CLIP = dict(
-    embed_dim=64,
-    image_resolution=32,
-    vision_layers=2,
-    vision_width=64,
-    vision_patch_size=8,
-    transformer_width=64,
-    transformer_heads=1,
-    transformer_layers=2,
-)
 
 
 def _in_unit(x) -> bool:

@@ -12,7 +12,6 @@ from styleclip.toyfaces.dataset import labels_array, make_dataset, normals_for
 from styleclip.toyfaces.renderer import (
     NUISANCES,
     NUM_PARAMS,
-    FaceParams,
     labels_of,
     observable,
     params_from_normal,
@@ -22,24 +21,7 @@ from styleclip.toyfaces.renderer import (
     set_attribute,
 )
 
-BASE = FaceParams(
-    hair_color="brown",
-    hair_style="short",
-    skin_tone="light",
-    eye_color="blue",
-    eyes="open",
-    mouth="neutral",
-    glasses="none",
-    hat="none",
-    facial_hair="none",
-    earrings="none",
-    lipstick="none",
-    blush="none",
-    nose="small",
-    age="young",
-    background="blue",
-    face_width=0.5,
-)
+from tests.conftest import BASE_FACE as BASE  # noqa: E402
 
 # Where a change of each attribute may alter pixels (y0, y1, x0, x1 as fractions of the image), for BASE (no
 # jitter). Earrings hang beside the face, so they get two boxes. None: anywhere (only "something changed").

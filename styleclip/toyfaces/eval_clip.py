@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from styleclip.models.clip_model import ClipModel
 from styleclip.toyfaces.attributes import ATTRIBUTES
+from styleclip.toyfaces.eval_generator import json_safe
 from styleclip.toyfaces.captions import zero_shot_prompts
 from styleclip.toyfaces.dataset import make_dataset, observable_array
 from styleclip.toyfaces.eval_classifier import HELDOUT_SEED
@@ -165,15 +166,6 @@ def format_table(*results: dict) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(x):
-    """NaN -> None recursively, so --json prints strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="number of renders")
@@ -184,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = evaluate_clip_prompt_sets(ClipModel.load(args.clip), args.n, args.seed)
-    print(json.dumps(_json_safe(result)) if args.json else format_table(result["train"], result["heldout"]))
+    print(json.dumps(json_safe(result)) if args.json else format_table(result["train"], result["heldout"]))
 
 
 if __name__ == "__main__":

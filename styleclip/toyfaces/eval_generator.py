@@ -352,10 +352,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(x):
+def json_safe(x):
     """NaN -> None recursively, so --json prints strict JSON."""
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, float) and math.isnan(x):
         return None
     return x
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
 
     generator, classifier = load_generator(args.generator), load_classifier(args.classifier)
     result = evaluate_generator(generator, classifier, args.n, args.seed)
-    print(json.dumps(_json_safe(result)) if args.json else format_table(result))
+    print(json.dumps(json_safe(result)) if args.json else format_table(result))
 
 
 if __name__ == "__main__":
