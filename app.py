@@ -232,15 +232,37 @@ def job_error(exc: Exception) -> gr.Error:
     return gr.Error(f"Something went wrong ({type(exc).__name__}). Please try again.")
 
 
-def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda):
-    """Streams (preview, status, loss table) while the optimization runs; Stop keeps the latest result."""
+_OPTIMIZING: set[str] = set()  # browser sessions with an optimization running
+_OPTIMIZING_LOCK = threading.Lock()
+
+
+def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda, mode: str, space: str,
+                request: gr.Request = None):
+    """Streams (preview, status, loss table, downloads) while the optimization runs; Stop keeps the latest result.
+
+    One run per browser session: a second click while one runs gets a message instead of a second job.
+    """
+    session = getattr(request, "session_hash", None) or "api"
+    with _OPTIMIZING_LOCK:
+        if session in _OPTIMIZING:
+            raise gr.Error("An optimization is already running in this session. Wait for it, or press Stop.")
+        _OPTIMIZING.add(session)
+    try:
+        yield from _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space)
+    finally:
+        with _OPTIMIZING_LOCK:
+            _OPTIMIZING.discard(session)
+
+
+def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
     rows: list[dict] = []
+    frames: list[np.ndarray] = []
     image, status, last_yield = None, "Starting…", 0.0
 
     def job(emit, should_stop):
         return STUDIO.optimize(state["model"], state["seed"], text, steps, l2_lambda, id_lambda,
                                should_stop=should_stop, on_preview=lambda step, im: emit("preview", im),
-                               on_step=lambda st: emit("step", st))
+                               on_step=lambda st: emit("step", st), mode=mode, space=space)
     try:
         for kind, payload in stream_job(job):
             if kind == "step":
@@ -249,20 +271,33 @@ def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda):
                              ("identity (weighted)", float(id_lambda) * payload.id_loss)))
                 status = f"step {payload.step}/{int(steps)} · CLIP loss {payload.clip_loss:.4f}"
             elif kind == "preview":
+                frames.append(payload)
                 image = for_display(payload)
             else:
                 result_image, info = payload
                 yield (for_display(result_image), f"Done in {info['seconds']:.1f} s · CLIP loss "
-                       f"{info['clip_loss_start']:.4f} → {info['clip_loss_end']:.4f} · seed {info['seed']} · "
-                       f"“{info['text']}”", pd.DataFrame(rows))
+                       f"{info['clip_loss_start']:.4f} → {info['clip_loss_end']:.4f} · {info['mode']} mode, "
+                       f"{info['space']} · seed {info['seed']} · “{info['text']}”", pd.DataFrame(rows),
+                       _optimization_downloads(result_image, info, frames))
                 return
             if kind == "preview" or time.monotonic() - last_yield > 0.5:
                 last_yield = time.monotonic()
-                yield image, status, pd.DataFrame(rows)
+                yield image, status, pd.DataFrame(rows), None
     except OptimizationCancelled as exc:
-        yield for_display(img_to_image(exc.result.img[0])), f"Stopped: {exc}", pd.DataFrame(rows)
+        yield for_display(img_to_image(exc.result.img[0])), f"Stopped: {exc}", pd.DataFrame(rows), None
     except Exception as exc:  # noqa: BLE001
         raise job_error(exc) from None
+
+
+def _optimization_downloads(image: np.ndarray, info: dict, frames: list[np.ndarray]) -> list[str]:
+    """The result PNG, its latent (.npz) and a GIF of the optimization path."""
+    stem = EXPORT_DIR / f"{info['model']}_seed{info['seed']}_opt_{info['mode']}_{int(time.time() * 1000)}"
+    Image.fromarray(image).save(f"{stem}.png")
+    np.savez(f"{stem}.npz", latent=info["latent"], space=info["space"], text=info["text"], mode=info["mode"],
+             seed=info["seed"], steps=info["steps"], l2_lambda=info["l2_lambda"], id_lambda=info["id_lambda"])
+    path_frames = [Image.fromarray(for_display(f)) for f in frames or [image]]
+    path_frames[0].save(f"{stem}.gif", save_all=True, append_images=path_frames[1:], duration=120, loop=0)
+    return [f"{stem}.png", f"{stem}.npz", f"{stem}.gif"]
 
 
 def mapper_choices(model: str, session_mappers: dict) -> list[tuple[str, str]]:
@@ -287,6 +322,9 @@ def parse_seeds(text: str) -> list[int]:
 def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
     if not mapper_path:
         raise gr.Error("Pick a mapper first, or train one below.")
+    allowed = {str(p) for p in STUDIO.shipped_mappers(state["model"]).values()}
+    if mapper_path not in allowed and Path(mapper_path).parent != EXPORT_DIR:
+        raise gr.Error("That mapper is not available here; pick one from the list.")
     seeds = parse_seeds(seeds_text) or [state["seed"]]
     results = STUDIO.apply_mapper(state["model"], mapper_path, seeds, strength)
     gallery = [item for seed, src, edit in results
@@ -334,6 +372,31 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
                pd.DataFrame(rows), gallery, keep, session_mappers)
     except Exception as exc:  # noqa: BLE001
         raise job_error(exc) from None
+
+
+def api_optimize(model: str, seed: float, text: str, steps: float, l2_lambda: float, id_lambda: float,
+                 mode: str, space: str):
+    """API: latent optimization of a seed → (image, info); model "" is the default model."""
+    try:
+        image, info = STUDIO.optimize(model, seed, text, steps, l2_lambda, id_lambda, mode=mode or "edit",
+                                      space=space or "w_plus")
+    except (ValueError, FileNotFoundError) as exc:
+        raise gr.Error(str(exc)) from None
+    info.pop("latent")
+    return image, info
+
+
+def api_apply_mapper(model: str, mapper: str, seed: float, strength: float):
+    """API: a shipped mapper applied to a seed → (image, info)."""
+    try:
+        shipped = STUDIO.shipped_mappers(model)
+        if mapper not in shipped:
+            raise ValueError(f"Unknown mapper {mapper!r}; this model ships: {', '.join(shipped) or 'none yet'}.")
+        [(seed_value, _, edited)] = STUDIO.apply_mapper(model, shipped[mapper], [seed], strength)
+    except (ValueError, FileNotFoundError) as exc:
+        raise gr.Error(str(exc)) from None
+    return edited, {"model": STUDIO.model(model).name, "mapper": mapper, "seed": seed_value,
+                    "strength": float(strength)}
 
 
 def api_global_edit(model: str, seed: float, neutral: str, target: str, alpha: float, beta: float):
@@ -434,6 +497,11 @@ def build_demo() -> gr.Blocks:
                                            label="L2 weight — stay close to the source")
                         opt_id = gr.Slider(0.0, 0.1, value=0.0, step=0.001, label="identity weight")
                         with gr.Row():
+                            opt_mode = gr.Radio([("edit the seed", "edit"), ("free generation", "free")],
+                                                value="edit", label="mode")
+                            opt_space = gr.Radio([("W+", "w_plus"), ("S (conv channels)", "s")], value="w_plus",
+                                                 label="latent space")
+                        with gr.Row():
                             opt_run = gr.Button("Optimize", variant="primary", elem_id="opt-run")
                             opt_stop = gr.Button("Stop")
                     with gr.Column():
@@ -442,6 +510,8 @@ def build_demo() -> gr.Blocks:
                         opt_info = gr.Markdown(elem_id="opt-info")
                         opt_plot = gr.LinePlot(x="step", y="value", color="term", label="Loss terms",
                                                height=220)
+                        opt_files = gr.File(label="Downloads: image, latent (.npz), optimization path (GIF)",
+                                            file_count="multiple", interactive=False)
         gr.Markdown(f"<small>custom ops: {ops.describe()} · torch {torch.__version__}</small>")
 
         # hidden API endpoint global_edit(model, seed, neutral, target, alpha, beta) -> (image, info)
@@ -451,6 +521,13 @@ def build_demo() -> gr.Blocks:
             api_btn = gr.Button()
         # Served outside the queue: one synthesis is cheaper than the queue's SSE round trips.
         api_btn.click(api_global_edit, api_in, api_out, api_name="global_edit", queue=False)
+        # optimize(model, seed, text, steps, l2_lambda, id_lambda, mode, space) -> (image, info); queued (seconds)
+        opt_api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Number(), gr.Number(), gr.Number(),
+                      gr.Textbox(), gr.Textbox()]
+        gr.Button(visible=False).click(api_optimize, opt_api_in, api_out, api_name="optimize")
+        # apply_mapper(model, mapper, seed, strength) -> (image, info): mapper is a shipped mapper's name
+        mapper_api_in = [gr.Textbox(), gr.Textbox(), gr.Number(), gr.Number()]
+        gr.Button(visible=False).click(api_apply_mapper, mapper_api_in, api_out, api_name="apply_mapper")
 
         edit_inputs = [state, neutral, target, alpha, beta]
         edit_outputs = [edited, info, channels]
@@ -478,8 +555,8 @@ def build_demo() -> gr.Blocks:
                                       [train_status, train_plot, train_preview, mapper_pick, session_mappers],
                                       api_visibility="private")
         train_stop.click(None, None, None, cancels=[train_event], api_visibility="private")
-        opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id],
-                                  [opt_image, opt_info, opt_plot], api_visibility="private")
+        opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id, opt_mode, opt_space],
+                                  [opt_image, opt_info, opt_plot, opt_files], api_visibility="private")
         opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")
 
         def pick_example(evt: gr.SelectData, model_name, st):

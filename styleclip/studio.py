@@ -33,6 +33,7 @@ MAX_TEXT_CHARS = 300  # CLIP's 77-token context holds about this much English; l
 MAX_SEED = 2 ** 32 - 1
 OPT_STEPS_RANGE = (1, 300)
 OPT_STEPS_DEFAULT = 40  # the official notebook's value; its script uses 300
+OPT_MODES = ("edit", "free")
 MAPPER_STEPS_RANGE = (1, 5000)
 MAPPER_STEPS_DEFAULT = 300
 MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
@@ -225,7 +226,7 @@ class Studio:
     # -------------------------------------------------------------------------------- latent optimization
     def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=0.008, id_lambda=0.0,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
-                 on_step=None) -> tuple[np.ndarray, dict]:
+                 on_step=None, mode: str = "edit", space: str = "w_plus") -> tuple[np.ndarray, dict]:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
@@ -234,6 +235,8 @@ class Studio:
                 `.result` holds the latest latent.
             on_preview: on_preview(step, image uint8 [R, R, 3]) every `preview_every` steps and at the end.
             on_step: on_step(OptimizationStep) after every step (losses as floats).
+            mode: "edit" starts from the seed's latent, "free" (free generation) from the mean latent.
+            space: "w_plus" or "s" (conv style channels only).
 
         Returns:
             (edited image uint8 [R, R, 3], info with the losses, the settings and the timing).
@@ -248,19 +251,28 @@ class Studio:
         id_lambda = validate_range(id_lambda, "identity weight", 0.0, 1.0)
         loaded = self.model(model)
         seed = validate_seed(seed)
+        if mode not in OPT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(OPT_MODES)}, got {mode!r}.")
+        if space not in ("w_plus", "s"):
+            raise ValueError(f"space must be 'w_plus' or 's', got {space!r}.")
         identity = identity_for_bundle(loaded.name) if id_lambda > 0 else None
         if id_lambda > 0 and identity is None:
             raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
         preview = None if on_preview is None else (lambda step, img: on_preview(step, img_to_image(img[0])))
-        result = optimize(loaded.generator, loaded.clip, text, loaded.source_w_plus(seed), steps=steps,
+        start = (loaded.source_w_plus(seed) if mode == "edit"
+                 else loaded.generator.w_to_w_plus(loaded.generator.latent_avg[None].clone()))
+        result = optimize(loaded.generator, loaded.clip, text, start, steps=steps, space=space,
                           l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, progress=progress,
                           should_stop=should_stop, preview_every=preview_every, on_preview=preview,
                           on_step=on_step)
         first = result.history[0]
-        info = {"model": loaded.name, "seed": seed, "text": text, "steps": steps, "l2_lambda": l2_lambda,
+        info = {"model": loaded.name, "seed": seed, "text": text, "mode": mode, "space": space, "steps": steps,
+                "l2_lambda": l2_lambda,
                 "id_lambda": id_lambda, "clip_loss_start": round(first.clip_loss, 4),
                 "clip_loss_end": round(result.final_clip_loss, 4),
                 "seconds": round(time.perf_counter() - t0, 2)}
+        latent = result.w_plus if space == "w_plus" else loaded.generator.s_to_flat(result.s)
+        info["latent"] = latent.detach().numpy()  # w_plus [1, L, D] or flat s [1, s_dim]; not JSON
         return img_to_image(result.img[0]), info
 
     # -------------------------------------------------------------------------------- latent mapper

@@ -211,3 +211,23 @@ def test_browser_mapper_train_then_apply(browser):
     browser.find_element(By.ID, "mapper-apply").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#mapper-gallery img")) >= 6)
     assert "Traceback" not in browser.page_source
+
+
+def test_optimize_api_runs_and_refuses_bad_input(client):
+    from gradio_client.exceptions import AppError
+    image_path, info = client.predict("", 2, "smiling face", 3, 0.008, 0.0, "edit", "w_plus", api_name="/optimize")
+    assert np.asarray(Image.open(image_path)).ndim == 3
+    assert info["steps"] == 3 and info["seed"] == 2 and np.isfinite(info["clip_loss_end"])
+    _, free = client.predict("", 2, "smiling face", 2, 0.008, 0.0, "free", "s", api_name="/optimize")
+    assert free["mode"] == "free" and free["space"] == "s"
+    for args, message in [(("", 2, "", 3, 0.008, 0.0, "edit", "w_plus"), "text is empty"),
+                          (("", 2, "smiling face", 5000, 0.008, 0.0, "edit", "w_plus"), "steps must be between"),
+                          (("", 2, "smiling face", 3, 0.008, 0.0, "sideways", "w_plus"), "mode must be one of")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/optimize")
+
+
+def test_apply_mapper_api_refuses_unknown_mappers(client):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError, match="Unknown mapper"):
+        client.predict("", "../../etc/passwd", 0, 1.0, api_name="/apply_mapper")

@@ -1,0 +1,268 @@
+"""Projection of a real (aligned) photo into W+ by optimisation, with an optional S refinement.
+
+loss = pixel_lambda · pixel(img, target) + clip_lambda · (1 − cos(CLIP(img), CLIP(target)))
+       + w_avg_lambda · mean ‖w_l − latent_avg‖² + delta_lambda · mean ‖w_l − mean_l w‖²
+
+- Start: latent_avg in every W+ row (the average face: a neutral start that every photo is equally far from).
+- Pixel term on the generator's full-resolution image vs the target in [-1, 1] (MSE or L1).
+- Perceptual term: CLIP image features through the shared `ClipModel.encode_image` (no extra network: CLIP is
+  already loaded for editing, and its features reward matching hair / expression where MSE only blurs).
+- Regularisers keep the latent where the generator and the editing directions behave: near latent_avg, and with
+  W+ rows close to each other (an e4e-style "delta" penalty; rows that drift apart invert well but edit badly).
+- Noise buffers stay as stored (the generator's deterministic buffers): fitting noise would put image detail
+  into maps that the edits never touch.
+- Optional S refinement (`s_steps`): a few Adam steps on the style tensors starting from the W+ result, with an
+  L2 pull back to that start. Sharper reconstructions, but the result is then an S code (`result.s`).
+- The learning rate follows the latent-optimisation schedule (`optimization.lr_schedule`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models.clip_model import ClipModel
+from ..models.generator import Generator
+from .optimization import lr_schedule
+from .precompute import Cancelled, ProgressFn
+
+__all__ = ["DEFAULTS", "InversionCancelled", "InversionResult", "InversionStep", "invert", "psnr"]
+
+DEFAULTS = {"steps": 200, "lr": 0.05, "pixel_lambda": 1.0, "clip_lambda": 0.5, "w_avg_lambda": 1e-4,
+            "delta_lambda": 1e-3, "s_steps": 0, "s_lr": 0.01, "s_l2_lambda": 0.01}
+PIXEL_LOSSES = ("mse", "l1")
+PreviewFn = Callable[[int, torch.Tensor], None]  # (step, img [1, 3, R, R])
+
+
+def psnr(img: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of img vs target, both [N, 3, H, W] in [-1, 1] (peak-to-peak 2, i.e. 8-bit PSNR up to
+    rounding): 10·log10(4 / MSE), with img clamped to [-1, 1] as it would be when saved."""
+    mse = float(F.mse_loss(img.detach().float().clamp(-1, 1), target.detach().float()))
+    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+
+
+@dataclass(frozen=True)
+class InversionStep:
+    """Loss parts of one step (measured before that step's update).
+
+    Attributes:
+        step: 1-based step number over both stages.
+        stage: "w_plus" or "s".
+        lr: learning rate of this step's update.
+        loss: weighted total.
+        pixel: pixel loss (MSE or L1 on [-1, 1]).
+        clip: 1 − cos(CLIP(img), CLIP(target)).
+        reg: the weighted regularisation (W+ stage: w_avg + delta terms; S stage: the S L2 term).
+        psnr: PSNR (dB) of this step's image vs the target.
+    """
+
+    step: int
+    stage: str
+    lr: float
+    loss: float
+    pixel: float
+    clip: float
+    reg: float
+    psnr: float
+
+    def describe(self) -> str:
+        return (f"{self.stage}: loss {self.loss:.4f} (pixel {self.pixel:.4f}, clip {self.clip:.4f}, "
+                f"reg {self.reg:.5f}), PSNR {self.psnr:.2f} dB")
+
+
+@dataclass(frozen=True)
+class InversionResult:
+    """What `invert` returns (and `InversionCancelled.result` holds).
+
+    Attributes:
+        w_plus: [1, L, D] the W+ latent (after the W+ stage; the S stage does not change it).
+        img: [1, 3, R, R] float in about [-1, 1], the reconstruction (from `s` when the S stage ran).
+        history: one `InversionStep` per completed step.
+        psnr: PSNR (dB) of `img` vs the target (resized to R).
+        s: the refined style tensors (list of [1, dim_l]) when s_steps > 0 ran, else None.
+        psnr_start: PSNR of the start image (latent_avg) vs the target, for comparison.
+    """
+
+    w_plus: torch.Tensor
+    img: torch.Tensor
+    history: tuple[InversionStep, ...]
+    psnr: float
+    s: list[torch.Tensor] | None = None
+    psnr_start: float = float("nan")
+
+
+class InversionCancelled(Cancelled):
+    """`should_stop()` returned True; `result` holds the latest latent (not the best one) and its image."""
+
+    def __init__(self, message: str, result: InversionResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _prepare_target(generator: Generator, img_target: torch.Tensor) -> torch.Tensor:
+    if not isinstance(img_target, torch.Tensor) or img_target.ndim != 4 or tuple(img_target.shape[:2]) != (1, 3):
+        shape = tuple(img_target.shape) if isinstance(img_target, torch.Tensor) else type(img_target).__name__
+        raise ValueError(f"img_target must be [1, 3, H, W] float in [-1, 1]; got {shape}.")
+    device = generator.input.input.device
+    target = img_target.detach().to(device=device, dtype=torch.float32)
+    if target.shape[-2:] != (generator.size, generator.size):
+        # Antialiased area-like resize: a 1024 photo for a 256 generator must not alias.
+        target = F.interpolate(target, size=(generator.size, generator.size), mode="bilinear",
+                               align_corners=False, antialias=True)
+    return target.clamp(-1, 1)
+
+
+def _check_args(steps: int, s_steps: int, lrs: dict[str, float], pixel_loss: str,
+                preview_every: int | None) -> None:
+    if not isinstance(steps, int) or steps < 0 or not isinstance(s_steps, int) or s_steps < 0:
+        raise ValueError(f"steps and s_steps must be whole numbers >= 0, got {steps!r} and {s_steps!r}.")
+    if steps + s_steps < 1:
+        raise ValueError("steps + s_steps must be >= 1.")
+    for name, value in lrs.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    if pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {pixel_loss!r}.")
+    if preview_every is not None and preview_every < 1:
+        raise ValueError(f"preview_every must be >= 1 or None, got {preview_every!r}.")
+
+
+def invert(
+    generator: Generator,
+    clip_model: ClipModel | None,
+    img_target: torch.Tensor,
+    *,
+    steps: int = DEFAULTS["steps"],
+    lr: float = DEFAULTS["lr"],
+    pixel_loss: str = "mse",
+    pixel_lambda: float = DEFAULTS["pixel_lambda"],
+    clip_lambda: float = DEFAULTS["clip_lambda"],
+    w_avg_lambda: float = DEFAULTS["w_avg_lambda"],
+    delta_lambda: float = DEFAULTS["delta_lambda"],
+    s_steps: int = DEFAULTS["s_steps"],
+    s_lr: float = DEFAULTS["s_lr"],
+    s_l2_lambda: float = DEFAULTS["s_l2_lambda"],
+    w_plus_0: torch.Tensor | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    preview_every: int | None = None,
+    on_preview: PreviewFn | None = None,
+) -> InversionResult:
+    """Find w_plus whose image reconstructs `img_target`.
+
+    Args:
+        generator: the shared generator (not modified; gradients are taken w.r.t. the latent only).
+        clip_model: the shared CLIP wrapper; None (or clip_lambda = 0) drops the perceptual term.
+        img_target: [1, 3, H, W] float in [-1, 1], an FFHQ-aligned photo (see `alignment.align_face`); resized
+            (antialiased) to the generator's resolution when H, W differ.
+        steps: Adam steps on W+ (0 = only the S stage, from `w_plus_0` or latent_avg).
+        lr: peak learning rate of the W+ stage.
+        pixel_loss: "mse" or "l1".
+        pixel_lambda, clip_lambda: weights of the pixel and CLIP terms.
+        w_avg_lambda: weight of mean over rows of ‖w_l − latent_avg‖² (summed over D).
+        delta_lambda: weight of mean over rows of ‖w_l − mean_l w‖² (summed over D).
+        s_steps: Adam steps on the style tensors after the W+ stage (0 = none).
+        s_lr: peak learning rate of the S stage.
+        s_l2_lambda: weight of Σ_l mean((s_l − s_l,start)²) in the S stage.
+        w_plus_0: [1, L, D] start latent; default latent_avg in every row.
+        progress: progress(done, total, "inversion: <loss parts>") after every step.
+        should_stop: polled before every step; True raises `InversionCancelled` with the latest result.
+        preview_every: every this many steps call on_preview(step, img [1, 3, R, R]) with a detached render.
+        on_preview: see preview_every.
+
+    Returns:
+        InversionResult (w_plus [1, L, D], img [1, 3, R, R], history, psnr).
+
+    Raises:
+        ValueError: bad arguments (the message names the value).
+        InversionCancelled: stopped by should_stop (a `Cancelled`; `.result` holds the latest latent).
+    """
+    _check_args(steps, s_steps, {"lr": lr, "s_lr": s_lr, "pixel_lambda": pixel_lambda, "clip_lambda": clip_lambda,
+                                 "w_avg_lambda": w_avg_lambda, "delta_lambda": delta_lambda,
+                                 "s_l2_lambda": s_l2_lambda}, pixel_loss, preview_every)
+    target = _prepare_target(generator, img_target)  # [1, 3, R, R]
+    device = target.device
+    avg = generator.latent_avg.detach().to(device=device, dtype=torch.float32).clone()  # [D]
+    if w_plus_0 is None:
+        w_start = avg[None, None, :].expand(1, generator.n_latent, -1).clone()  # [1, L, D]
+    else:
+        if tuple(w_plus_0.shape) != (1, generator.n_latent, generator.style_dim):
+            raise ValueError(f"w_plus_0 must be [1, {generator.n_latent}, {generator.style_dim}], "
+                             f"got {tuple(w_plus_0.shape)}.")
+        w_start = w_plus_0.detach().to(device=device, dtype=torch.float32).clone()
+    use_clip = clip_model is not None and clip_lambda > 0
+    with torch.no_grad():
+        target_emb = clip_model.encode_image(target) if use_clip else None  # [1, E] unit
+        psnr_start = psnr(generator.synthesis_w_plus(w_start), target)
+
+    w_plus = w_start.clone().requires_grad_(True)
+    s_latent: list[torch.Tensor] | None = None
+    history: list[InversionStep] = []
+    total = steps + s_steps
+
+    def render() -> torch.Tensor:
+        if s_latent is not None:
+            return generator.synthesis(s_latent)
+        return generator.synthesis_w_plus(w_plus)
+
+    def result() -> InversionResult:
+        with torch.no_grad():
+            img = render().detach()
+            s_out = [t.detach().clone() for t in s_latent] if s_latent is not None else None
+            return InversionResult(w_plus.detach().clone(), img, tuple(history), psnr(img, target), s_out,
+                                   psnr_start)
+
+    def image_losses(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pix = F.mse_loss(img, target) if pixel_loss == "mse" else F.l1_loss(img, target)
+        if target_emb is None:
+            return pix, torch.zeros((), device=device)
+        return pix, 1.0 - (clip_model.encode_image(img) * target_emb).sum(-1).mean()
+
+    def run_stage(stage: str, n: int, peak_lr: float, params: list[torch.Tensor],
+                  reg_fn: Callable[[], torch.Tensor], offset: int) -> None:
+        optimizer = torch.optim.Adam(params, lr=peak_lr)
+        for i in range(n):
+            if should_stop is not None and should_stop():
+                raise InversionCancelled(f"inversion stopped after {offset + i} of {total} steps", result())
+            step_lr = lr_schedule(i / n, peak_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr
+            with torch.enable_grad():  # also when the caller runs under no_grad
+                img = render()
+                pix, clip_term = image_losses(img)
+                reg = reg_fn()
+                loss = pixel_lambda * pix + clip_lambda * clip_term + reg
+                grads = torch.autograd.grad(loss, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optimizer.step()
+            # PSNR from the pre-update image (clamped, as it would be saved).
+            history.append(InversionStep(offset + i + 1, stage, step_lr, loss.item(), pix.item(), clip_term.item(),
+                                         reg.item(), psnr(img, target)))
+            if progress is not None:
+                progress(offset + i + 1, total, f"inversion {history[-1].describe()}")
+            if on_preview is not None and preview_every and (offset + i + 1) % preview_every == 0:
+                with torch.no_grad():
+                    on_preview(offset + i + 1, render().detach())
+
+    def w_reg() -> torch.Tensor:
+        to_avg = ((w_plus - avg) ** 2).sum(-1).mean()  # mean over rows of ‖w_l − avg‖²
+        delta = ((w_plus - w_plus.mean(1, keepdim=True)) ** 2).sum(-1).mean()  # rows' spread
+        return w_avg_lambda * to_avg + delta_lambda * delta
+
+    if steps > 0:
+        run_stage("w_plus", steps, lr, [w_plus], w_reg, 0)
+    if s_steps > 0:
+        with torch.no_grad():
+            s_start = [s.detach().clone() for s in generator.w_plus_to_s(w_plus.detach())]  # list of [1, dim_l]
+        s_latent = [s.clone().requires_grad_(True) for s in s_start]
+
+        def s_reg() -> torch.Tensor:
+            return s_l2_lambda * sum(((s - s0) ** 2).mean() for s, s0 in zip(s_latent, s_start, strict=True))
+
+        run_stage("s", s_steps, s_lr, s_latent, s_reg, steps)
+    return result()
