@@ -541,6 +541,9 @@ def build_demo() -> gr.Blocks:
                        api_visibility="private")
         seed.submit(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         model.change(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
+        # Mappers belong to one generator: the list follows the model, and session mappers of another model go.
+        model.change(lambda m: (gr.update(choices=mapper_choices(m, {}), value=None), {}), [model],
+                     [mapper_pick, session_mappers], api_visibility="private")
         random_btn.click(on_random, [model, state], [seed, state, original], api_visibility="private").then(
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         apply_btn.click(on_apply, edit_inputs, [state, original, alpha], api_visibility="private").then(
