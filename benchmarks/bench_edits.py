@@ -1,0 +1,116 @@
+"""The edit benchmark (styleclip.evaluation) on the embedded default model: attribute success and preservation of
+each BENCHMARK_EDITS edit, read by the toyfaces attribute classifier, with the mean time per edit. Prints a markdown
+table, or one JSON object with `--json`.
+
+    python benchmarks/bench_edits.py --engine global [--seeds 50] [--alpha 4.1] [--beta 0.15]
+    python benchmarks/bench_edits.py --engine mapper [--mappers assets/mappers/toyfaces] [--strength 1.0]
+    python benchmarks/bench_edits.py --engine optimization [--steps 40] [--l2 0.008] [--json]
+
+Seeds are 0 … N-1 in the app's convention. Without --beta, beta is chosen per text pair by auto-beta, as the app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from styleclip.evaluation import (
+    BENCHMARK_EDITS,
+    evaluate_edits,
+    format_report,
+    global_directions_edit,
+    mapper_edit,
+    mapper_paths_in,
+    optimization_edit,
+)
+from styleclip.models import model_zoo
+from styleclip.studio import Studio
+from styleclip.toyfaces.classifier import load_classifier
+
+ENGINES = ("global", "mapper", "optimization")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", choices=ENGINES, required=True)
+    p.add_argument("--model", default="toyfaces", help="model bundle (the classifier reads toyfaces only)")
+    p.add_argument("--seeds", type=int, default=50, help="number of source seeds, 0 … N-1")
+    p.add_argument("--edits", default="", help="comma-separated edit names (default: all)")
+    p.add_argument("--alpha", type=float, default=4.1, help="global: strength")
+    p.add_argument("--beta", type=float, default=None, help="global: threshold (default: auto-beta per pair)")
+    p.add_argument(
+        "--mappers", default=None, help="mapper: folder of <edit_name>.pt (default: shipped mappers)"
+    )
+    p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
+    p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
+    p.add_argument("--l2", type=float, default=0.008, help="optimization: L2 weight")
+    p.add_argument(
+        "--classifier", default=None, help="classifier file (default: assets/toyfaces/classifier.pt)"
+    )
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    torch.set_num_threads(args.threads)
+
+    specs = list(BENCHMARK_EDITS)
+    if args.edits:
+        wanted = [e.strip() for e in args.edits.split(",") if e.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in specs})
+        if unknown:
+            p.error(f"unknown edits {unknown}; known: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in wanted]
+
+    t0 = time.perf_counter()
+    loaded = Studio().model(args.model)
+    classifier = load_classifier(args.classifier)
+    if args.engine == "global":
+        edit_fn = global_directions_edit(loaded, alpha=args.alpha, beta=args.beta)
+        beta = "auto" if args.beta is None else f"{args.beta:g}"
+        label = f"global directions, alpha {args.alpha:g}, beta {beta}"
+    elif args.engine == "mapper":
+        folder = Path(args.mappers) if args.mappers else model_zoo.mappers_dir(loaded.name)
+        paths = mapper_paths_in(folder, specs)
+        if not paths:
+            p.error(
+                f"no mapper for any edit in {folder} (expected e.g. {specs[0].name.replace(' ', '_')}.pt)"
+            )
+        edit_fn = mapper_edit(loaded, paths, strength=args.strength)
+        label = f"latent mapper ({folder}), strength {args.strength:g}"
+    else:
+        edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2)
+        label = f"latent optimization, {args.steps} steps, l2 {args.l2:g}"
+    load_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = evaluate_edits(
+        loaded, classifier, edit_fn, specs, range(args.seeds), label=f"{loaded.name}: {label}"
+    )
+    total_s = time.perf_counter() - t0
+    if args.json:
+        print(
+            json.dumps(
+                report.to_dict()
+                | {
+                    "engine": args.engine,
+                    "load_s": round(load_s, 2),
+                    "total_s": round(total_s, 2),
+                    "threads": args.threads,
+                }
+            )
+        )
+    else:
+        print(format_report(report))
+        print(f"\nload {load_s:.1f} s, benchmark {total_s:.1f} s, {args.threads} thread(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Tests of the edit benchmark on fast stand-ins: renderer counterfactuals and the shipped attribute classifier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from styleclip.evaluation import (
+    BENCHMARK_EDITS,
+    EditFailed,
+    EditSpec,
+    evaluate_edits,
+    format_report,
+    mapper_paths_in,
+)
+from styleclip.studio import seed_to_z
+from styleclip.toyfaces.attributes import attribute
+from styleclip.toyfaces.classifier import DEFAULT_PATH, load_classifier, to_img
+from styleclip.toyfaces.renderer import NUM_PARAMS, FaceParams, params_from_normal, render, set_attribute
+
+torch.set_num_threads(1)
+
+SIZE = 64
+SEEDS = tuple(range(8))
+SPECS = tuple(
+    s for s in BENCHMARK_EDITS if s.name in ("smiling", "blond hair", "beard", "purple background", "old")
+)
+
+pytestmark = pytest.mark.skipif(not DEFAULT_PATH.exists(), reason="no shipped classifier")
+
+
+def _params(seed: int) -> FaceParams:
+    # The embedded generator is distilled as G(z) ≈ render(params_from_normal(z[:NUM_PARAMS])) and sources use
+    # numpy RandomState(seed) z (truncation 1 for toyfaces); randn draws in order, so a shorter z is a prefix.
+    return params_from_normal(seed_to_z(seed, NUM_PARAMS)[0].double().numpy())
+
+
+def _img(params: FaceParams) -> torch.Tensor:
+    return to_img(render(params, SIZE))  # [1, 3, 64, 64]
+
+
+def _source(seed: int) -> torch.Tensor:
+    return _img(_params(seed))
+
+
+def _counterfactual(spec: EditSpec, seed: int) -> torch.Tensor:
+    return _img(set_attribute(_params(seed), spec.attribute, spec.target_values[0]))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def test_benchmark_edits_are_valid():
+    names = [s.name for s in BENCHMARK_EDITS]
+    assert len(names) == len(set(names)) and 8 <= len(names) <= 14
+    for spec in BENCHMARK_EDITS:
+        assert attribute(spec.attribute).kind == "discrete"
+        assert spec.neutral != spec.target
+        assert all(v in attribute(spec.attribute).values for v in spec.target_values)
+
+
+def test_edit_spec_rejects_unknown_values():
+    with pytest.raises(ValueError, match="hair_color"):
+        EditSpec("x", "hair_color", "turquoise", "face", "face with turquoise hair")
+    with pytest.raises(ValueError, match="continuous"):
+        EditSpec("x", "face_width", "wide", "face", "wide face")
+    with pytest.raises(ValueError, match="unknown attribute"):
+        EditSpec("x", "tattoo", "yes", "face", "tattooed face")
+
+
+def test_counterfactual_edits_succeed_and_preserve(classifier):
+    report = evaluate_edits(
+        None, classifier, _counterfactual, SPECS, SEEDS, source_fn=_source, label="renderer"
+    )
+    assert [r.spec.name for r in report.rows] == [s.name for s in SPECS]
+    for row in report.rows:
+        assert row.attempted + row.skipped_already + row.skipped_hidden == len(SEEDS)
+        assert row.attempted > 0 and row.failed == 0
+        assert row.success is not None and row.success >= 0.75, row
+        assert row.preservation is not None and row.preservation >= 0.9, row
+        assert row.continuous_change["face_width"] < 0.1
+    assert report.success >= 0.9 and report.preservation >= 0.95
+    table = format_report(report)
+    assert all(s.name in table for s in SPECS) and "**mean**" in table
+    json.dumps(report.to_dict())
+
+
+def test_identity_edit_has_zero_success_and_full_preservation(classifier):
+    report = evaluate_edits(
+        None, classifier, lambda spec, seed: _source(seed), SPECS, SEEDS, source_fn=_source
+    )
+    for row in report.rows:
+        assert row.attempted > 0
+        assert row.success == 0.0 and row.succeeded == 0
+        assert row.preservation == 1.0
+        assert row.most_changed == ()
+        assert row.continuous_change["face_width"] == pytest.approx(0.0, abs=1e-6)
+    assert report.success == 0.0 and report.preservation == 1.0
+
+
+def test_sources_that_already_have_the_target_are_skipped(classifier):
+    spec = BENCHMARK_EDITS[0]  # smiling
+    assert spec.attribute == "mouth"
+    # Even seeds already smile (forced in the source), odd seeds are forced not to.
+    forced = {s: set_attribute(_params(s), "mouth", "smiling" if s % 2 == 0 else "frowning") for s in SEEDS}
+    calls = []
+
+    def edit(spec, seed):
+        calls.append(seed)
+        return _img(set_attribute(forced[seed], "mouth", "smiling"))
+
+    report = evaluate_edits(None, classifier, edit, [spec], SEEDS, source_fn=lambda s: _img(forced[s]))
+    row = report.rows[0]
+    assert row.skipped_already == 4 and row.skipped_hidden == 0 and row.attempted == 4
+    assert sorted(calls) == [1, 3, 5, 7]  # edit_fn never runs on skipped seeds
+    assert row.success == 1.0
+
+
+def test_hidden_attribute_is_skipped_and_failures_are_counted(classifier):
+    spec = next(s for s in BENCHMARK_EDITS if s.name == "eyes closed")
+    seeds = (0, 1, 2, 3)
+    sources = {
+        s: set_attribute(
+            set_attribute(_params(s), "eyes", "open"), "glasses", "sunglasses" if s == 0 else "none"
+        )
+        for s in seeds
+    }
+
+    def edit(spec, seed):
+        if seed == 1:
+            raise EditFailed("no channel")
+        if seed == 2:  # hides the eyes instead of closing them: not a success
+            return _img(set_attribute(sources[seed], "glasses", "sunglasses"))
+        return _img(set_attribute(sources[seed], "eyes", "closed"))
+
+    row = evaluate_edits(None, classifier, edit, [spec], seeds, source_fn=lambda s: _img(sources[s])).rows[0]
+    assert row.skipped_hidden == 1 and row.attempted == 3 and row.failed == 1
+    assert row.succeeded == 1 and row.success == pytest.approx(1 / 3)
+    assert any("no channel" in n for n in row.notes)
+    # preservation over the two edited seeds; the sunglasses one changed glasses and hid eyes / eye colour
+    assert row.preservation is not None and row.preservation < 1.0
+
+
+def test_unsupported_specs_are_skipped(classifier, tmp_path):
+    class Only:
+        def supports(self, spec):
+            return spec.name == "smiling"
+
+        def __call__(self, spec, seed):
+            return _counterfactual(spec, seed)
+
+    report = evaluate_edits(None, classifier, Only(), SPECS[:2], SEEDS[:4], source_fn=_source)
+    assert not report.rows[0].skipped and report.rows[1].skipped
+    assert report.rows[1].success is None and "skipped" in format_report(report)
+    (tmp_path / "blond_hair.pt").write_bytes(b"")
+    assert mapper_paths_in(tmp_path) == {"blond hair": tmp_path / "blond_hair.pt"}
+
+
+def test_bad_arguments(classifier):
+    with pytest.raises(ValueError, match="seed"):
+        evaluate_edits(None, classifier, _counterfactual, SPECS, (), source_fn=_source)
+    with pytest.raises(ValueError, match="duplicate"):
+        evaluate_edits(None, classifier, _counterfactual, SPECS, (1, 1), source_fn=_source)
+    with pytest.raises(ValueError, match="source_fn"):
+        evaluate_edits(None, classifier, _counterfactual, SPECS, (1,))
+    with pytest.raises(ValueError, match=r"\[1, 3, R, R\]"):
+        evaluate_edits(
+            None, classifier, lambda spec, seed: _source(seed)[0], SPECS[:1], SEEDS, source_fn=_source
+        )
