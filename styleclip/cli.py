@@ -289,6 +289,82 @@ def _add_mapper_parsers(sub) -> None:
     p.set_defaults(func=cmd_apply_mapper)
 
 
+def cmd_align(args: argparse.Namespace) -> dict:
+    """FFHQ alignment of a photo (see engines/alignment.py); --center-crop-if-no-face falls back to a centre crop."""
+    from .engines.alignment import NoFaceError, align_face, center_crop, load_image
+    from .imaging import save_image
+
+    if args.size < 16 or args.size > 4096:
+        raise CliError(f"--size must be in 16..4096, got {args.size}")
+    image = load_image(args.image)
+    t0 = time.perf_counter()
+    try:
+        result = align_face(image, size=args.size)
+    except NoFaceError:
+        if not args.center_crop_if_no_face:
+            raise CliError("no face found in the image; rerun with --center-crop-if-no-face to use the centre "
+                           "crop instead") from None
+        save_image(center_crop(image, args.size), args.out)
+        return {"out": str(args.out), "size": args.size, "faces_found": 0, "mode": "center_crop",
+                "seconds": round(time.perf_counter() - t0, 2)}
+    save_image(result.image, args.out)
+    return {"out": str(args.out), "size": args.size, "faces_found": result.faces_found,
+            "chosen_index": result.chosen_index, "mode": "ffhq", "note": result.note,
+            "quad": [[round(float(v), 2) for v in corner] for corner in result.quad],
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def cmd_invert(args: argparse.Namespace) -> dict:
+    """Projection of an (already aligned) photo into W+; writes w_plus and the PSNR to an .npz."""
+    from .engines.alignment import load_image
+    from .engines.inversion import invert
+    from .imaging import image_to_img, img_to_image, save_image
+    from .studio import Studio
+
+    if args.steps < 1:
+        raise CliError(f"--steps must be >= 1, got {args.steps}")
+    image = load_image(args.image)
+    loaded = Studio().model(args.model)
+    target = image_to_img(image, loaded.generator.size)  # [1, 3, R, R] in [-1, 1]
+    last = [0.0]
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if time.time() - last[0] >= 1.0 or done == total:  # stdout keeps the one JSON line
+            last[0] = time.time()
+            print(f"{done}/{total} {stage}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    result = invert(loaded.generator, loaded.clip, target, steps=args.steps, lr=args.lr, progress=progress)
+    seconds = time.perf_counter() - t0
+    np.savez(args.out, w_plus=result.w_plus.cpu().numpy().astype(np.float32), psnr=np.float32(result.psnr),
+             psnr_start=np.float32(result.psnr_start), model=np.str_(loaded.name), steps=np.int64(args.steps))
+    out = {"out": str(args.out), "model": loaded.name, "steps": args.steps, "psnr_start": round(result.psnr_start, 3),
+           "psnr": round(result.psnr, 3), "seconds": round(seconds, 2)}
+    if args.recon is not None:
+        save_image(img_to_image(result.img), args.recon)
+        out["recon"] = str(args.recon)
+    return out
+
+
+def _add_photo_parsers(sub) -> None:
+    p = sub.add_parser("align", help="FFHQ-align the most prominent face of a photo (dlib landmarks)")
+    p.add_argument("--image", type=Path, required=True, help="input photo (any Pillow format)")
+    p.add_argument("--out", type=Path, required=True, help="aligned PNG")
+    p.add_argument("--size", type=int, default=1024, help="output side in px (FFHQ: 1024)")
+    p.add_argument("--center-crop-if-no-face", action="store_true",
+                   help="write the centre crop instead of failing when no face is found")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("invert", help="project an aligned photo into W+ (writes w_plus and PSNR to .npz)")
+    p.add_argument("--model", default="", help="model name; default: the embedded model")
+    p.add_argument("--image", type=Path, required=True, help="aligned photo (e.g. from `align`)")
+    p.add_argument("--out", type=Path, required=True, help="output .npz (w_plus [1, L, D], psnr)")
+    p.add_argument("--steps", type=int, default=200, help="Adam steps on W+")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--recon", type=Path, default=None, help="also save the reconstruction as an image")
+    p.set_defaults(func=cmd_invert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m styleclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_edit)
     _add_optimize_parser(sub)
     _add_mapper_parsers(sub)
+    _add_photo_parsers(sub)
     return parser
 
 

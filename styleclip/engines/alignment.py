@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +175,11 @@ def _dlib_models():
     if not _MODELS:
         try:
             import dlib
-            import face_recognition_models
+
+            with warnings.catch_warnings():
+                # face_recognition_models imports the deprecated pkg_resources; the warning is noise for users.
+                warnings.simplefilter("ignore")
+                import face_recognition_models
         except ImportError as exc:  # pragma: no cover - dependency problem, not a user mistake
             raise RuntimeError(f"face alignment needs dlib and face_recognition_models: {exc}") from None
         _MODELS["detector"] = dlib.get_frontal_face_detector()
@@ -216,7 +221,7 @@ def detect_faces(image: np.ndarray, upsample: int = 1, min_score: float = MIN_SC
     faces = []
     for rect, score in zip(rects, scores, strict=True):
         box = (rect.left() * scale_x, rect.top() * scale_y, rect.right() * scale_x, rect.bottom() * scale_y)
-        full = dlib.rectangle(*(int(round(v)) for v in box))
+        full = dlib.rectangle(*(round(v) for v in box))
         shape = predictor(image, full)
         landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)  # [68, 2]
         faces.append(FaceDetection(box, float(score), landmarks))
@@ -288,7 +293,7 @@ def ffhq_crop(image: np.ndarray, quad: np.ndarray, size: int = 1024, transform_s
     img = Image.fromarray(image)
 
     # 3. Shrink: resample big photos down first so the final resize is not a huge antialiasing step.
-    shrink = int(math.floor(qsize / size * 0.5))
+    shrink = math.floor(qsize / size * 0.5)
     if shrink > 1:
         new_size = (int(np.rint(img.size[0] / shrink)), int(np.rint(img.size[1] / shrink)))
         img = img.resize(new_size, Image.LANCZOS)

@@ -19,18 +19,24 @@ loss = pixel_lambda · pixel(img, target) + clip_lambda · (1 − cos(CLIP(img),
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..models.checkpoints import CheckpointError, load_checkpoint, preview_keys
 from ..models.clip_model import ClipModel
-from ..models.generator import Generator
+from ..models.generator import EqualLinear, Generator
+from ..models.identity import _IR50_STAGES, _IRSEUnit
 from .optimization import lr_schedule
 from .precompute import Cancelled, ProgressFn
 
-__all__ = ["DEFAULTS", "InversionCancelled", "InversionResult", "InversionStep", "invert", "psnr"]
+__all__ = ["DEFAULTS", "E4EEncoder", "E4EInverter", "InversionCancelled", "InversionResult", "InversionStep",
+           "invert", "load_e4e", "psnr"]
 
 DEFAULTS = {"steps": 200, "lr": 0.05, "pixel_lambda": 1.0, "clip_lambda": 0.5, "w_avg_lambda": 1e-4,
             "delta_lambda": 1e-3, "s_steps": 0, "s_lr": 0.01, "s_l2_lambda": 0.01}
@@ -266,3 +272,173 @@ def invert(
 
         run_stage("s", s_steps, s_lr, s_latent, s_reg, steps)
     return result()
+
+
+# ----------------------------------------------------------------------------------------- e4e encoder
+
+E4E_INPUT = 256  # e4e encodes FFHQ-aligned faces resized to 256 × 256, normalised to [-1, 1]
+_E4E_COARSE, _E4E_MIDDLE = 3, 7  # W+ rows < 3 read the 16 px features, < 7 the 32 px, the rest 64 px
+_E4E_EXPECTED = ("an e4e checkpoint (e4e_ffhq_encode.pt: a dict with 'state_dict' holding encoder.* and decoder.* "
+                 "tensors, plus 'latent_avg')")
+
+
+class _GradualStyleBlock(nn.Module):
+    """Feature map [N, C, R, R] → one W+ row [N, D]: log2(R) stride-2 3×3 convs with leaky ReLU (down to 1 px),
+    then an equalised linear layer. Attribute names (convs.<k>, linear) are the official key names."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(int(math.log2(spatial))):
+            layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, 2, 1), nn.LeakyReLU()]
+        self.convs = nn.Sequential(*layers)
+        self.linear = EqualLinear(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.convs(x).flatten(1))  # [N, D, 1, 1] → [N, D]
+
+
+class E4EEncoder(nn.Module):
+    """The e4e encoder (`Encoder4Editing`, IR-SE50 backbone): aligned face → W+ offsets from latent_avg.
+
+    Layout (attribute names = the official state-dict names without the "encoder." prefix):
+        input_layer: [conv3×3 3→base (no bias), BN, PReLU]
+        body.0-23:   IR-SE units over widths base·(1, 2, 4, 8) with 3/4/14/3 units (shared with ArcFace)
+        styles.0-(n_styles−1): one `_GradualStyleBlock` per W+ row (16, 32 or 64 px input, see _E4E_COARSE)
+        latlayer1/2: 1×1 convs that bring the 32 px and 64 px backbone features to style_dim (FPN-style)
+    Row 0 is a full code; rows 1.. are deltas added to it (e4e's "progressive" deltas, all active at inference).
+    The official FFHQ model has base 64, style_dim 512, n_styles 18; the FPN sums need style_dim = 8·base.
+    """
+
+    def __init__(self, n_styles: int = 18, base: int = 64, style_dim: int = 512):
+        super().__init__()
+        if base < 16 or base % 16:
+            raise ValueError(f"e4e's base width must be a multiple of 16 (SE blocks reduce by 16); got {base}.")
+        if style_dim != 8 * base:
+            raise ValueError(f"e4e needs style_dim = 8·base (the last stage's width); got {style_dim} and {base}.")
+        self.n_styles, self.base, self.style_dim = n_styles, base, style_dim
+        self.input_layer = nn.Sequential(nn.Conv2d(3, base, 3, 1, 1, bias=False), nn.BatchNorm2d(base),
+                                         nn.PReLU(base))
+        units = []
+        in_channels = base
+        for in_ch, depth, count in _ir50_stages(base):
+            units.append(_IRSEUnit(in_ch, depth, 2))
+            units += [_IRSEUnit(depth, depth, 1) for _ in range(count - 1)]
+            in_channels = depth
+        self.body = nn.Sequential(*units)
+        self.styles = nn.ModuleList(
+            _GradualStyleBlock(in_channels, style_dim, 16 if i < _E4E_COARSE else 32 if i < _E4E_MIDDLE else 64)
+            for i in range(n_styles))
+        self.latlayer1 = nn.Conv2d(4 * base, style_dim, 1, 1, 0)
+        self.latlayer2 = nn.Conv2d(2 * base, style_dim, 1, 1, 0)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """img [N, 3, 256, 256] in [-1, 1] → codes [N, n_styles, style_dim] (add latent_avg for w_plus)."""
+        x = self.input_layer(img)
+        feats = {}
+        for i, unit in enumerate(self.body):
+            x = unit(x)
+            if i in (6, 20, 23):  # the ends of the 128-, 256- and 512-wide stages: 64, 32 and 16 px
+                feats[i] = x
+        c1, c2, c3 = feats[6], feats[20], feats[23]
+        w0 = self.styles[0](c3)  # [N, D]
+        rows = [w0]
+        features = c3
+        for i in range(1, self.n_styles):
+            if i == _E4E_COARSE:
+                features = _upsample_add(c3, self.latlayer1(c2))  # 32 px
+            elif i == _E4E_MIDDLE:
+                features = _upsample_add(features, self.latlayer2(c1))  # 64 px
+            rows.append(w0 + self.styles[i](features))
+        return torch.stack(rows, dim=1)  # [N, n_styles, D]
+
+
+def _ir50_stages(base: int) -> tuple[tuple[int, int, int], ...]:
+    """The IR-50 stages with widths scaled from the official 64 to `base` (base = 64 is the official network)."""
+    return tuple((in_ch * base // 64, depth * base // 64, count) for in_ch, depth, count in _IR50_STAGES)
+
+
+def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear (align_corners=True, as upstream's FPN) upsampling of x to y's size, plus y."""
+    return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
+
+
+class E4EInverter(nn.Module):
+    """An e4e encoder plus its latent_avg: `encode(img)` gives w_plus in one forward pass (no optimisation)."""
+
+    def __init__(self, encoder: E4EEncoder, latent_avg: torch.Tensor):
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.register_buffer("latent_avg", latent_avg.detach().float().clone())  # [n_styles, D] or [D]
+
+    @torch.no_grad()
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        """img [N, 3, H, W] in [-1, 1] (FFHQ-aligned) → w_plus [N, n_styles, D].
+
+        The input is resized (antialiased) to 256 × 256 as e4e's test transform does.
+        """
+        if not isinstance(img, torch.Tensor) or img.ndim != 4 or img.shape[1] != 3:
+            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f"encode expects img [N, 3, H, W] float in [-1, 1]; got {shape}.")
+        weight = self.encoder.input_layer[0].weight
+        x = img.to(device=weight.device, dtype=weight.dtype)
+        if x.shape[-2:] != (E4E_INPUT, E4E_INPUT):
+            x = F.interpolate(x, size=(E4E_INPUT, E4E_INPUT), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > E4E_INPUT)
+        codes = self.encoder(x)
+        return codes + self.latent_avg.reshape(1, -1, codes.shape[-1])  # [D] or [L, D] broadcasts over rows
+
+
+def load_e4e(path: str | os.PathLike[str], generator: Generator | None = None,
+             device: str | torch.device = "cpu") -> E4EInverter:
+    """Load the official e4e checkpoint (or one in its format), safely (`torch.load(weights_only=True)`).
+
+    Sizes (n_styles, widths) are read from the tensors; keys and shapes must then match exactly.
+
+    Args:
+        path: e.g. e4e_ffhq_encode.pt (~1.2 GB; only the encoder.* part is used: our generator decodes).
+        generator: used for latent_avg when the file has none, and to check n_styles / style_dim against it.
+
+    Returns:
+        E4EInverter in eval mode on `device`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError (a ValueError): not an e4e checkpoint; the message names what is missing or different.
+    """
+    ckpt = load_checkpoint(Path(path), required_keys=("state_dict",), expected=_E4E_EXPECTED)
+    state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items()
+             if isinstance(k, str) and k.startswith("encoder.")}
+    if "input_layer.0.weight" not in state or "styles.0.linear.weight" not in state:
+        raise CheckpointError(f"{path} is not {_E4E_EXPECTED}: no encoder.input_layer / encoder.styles tensors; "
+                              f"found {preview_keys(ckpt['state_dict'])}.")
+    base = int(state["input_layer.0.weight"].shape[0])
+    style_dim = int(state["styles.0.linear.weight"].shape[0])
+    n_styles = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("styles."))
+    if generator is not None and (n_styles, style_dim) != (generator.n_latent, generator.style_dim):
+        raise CheckpointError(f"{path} encodes {n_styles} × {style_dim} latents, but the generator takes "
+                              f"{generator.n_latent} × {generator.style_dim}.")
+    try:
+        encoder = E4EEncoder(n_styles, base, style_dim)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not {_E4E_EXPECTED}: {exc}") from None
+    expected = encoder.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path} is not {_E4E_EXPECTED}: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                              f"wrong shape {wrong[:4]} (of {len(expected)} encoder tensors).")
+    full = {k: state.get(k, expected[k]) for k in expected}  # absent BatchNorm counters keep their defaults
+    full = {k: v.float() if v.is_floating_point() else v for k, v in full.items()}  # fp16 copies → fp32
+    encoder.load_state_dict(full, strict=True)
+    latent_avg = ckpt.get("latent_avg")
+    if latent_avg is None:
+        if generator is None:
+            raise CheckpointError(f"{path} has no latent_avg; pass the generator to use its latent_avg.")
+        latent_avg = generator.latent_avg
+    if not isinstance(latent_avg, torch.Tensor) or latent_avg.shape[-1] != style_dim or \
+            latent_avg.numel() not in (style_dim, n_styles * style_dim):
+        raise CheckpointError(f"{path}: latent_avg must be [{style_dim}] or [{n_styles}, {style_dim}], got "
+                              f"{getattr(latent_avg, 'shape', type(latent_avg).__name__)}.")
+    return E4EInverter(encoder, latent_avg.reshape(-1, style_dim).squeeze(0)).to(device)
