@@ -24,8 +24,9 @@ from styleclip.engines.optimization import OptimizationCancelled
 from styleclip.engines.precompute import Cancelled, precompute
 from styleclip.imaging import img_to_image
 from styleclip.models import model_zoo
-from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, MAPPER_STEPS_DEFAULT, MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE,
-                              OPT_STEPS_DEFAULT, OPT_STEPS_RANGE, MissingStatisticsError, Studio)
+from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_STEPS_DEFAULT,
+                              MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE,
+                              MissingStatisticsError, Studio)
 
 log = logging.getLogger("styleclip.app")
 STUDIO = Studio()
@@ -73,13 +74,22 @@ def model_choices() -> list[str]:
 
 
 def new_session(model: str, seed: int) -> dict:
-    """Per-browser-session state: the model, the seed and the stack of applied edits (flat s codes)."""
-    return {"model": model, "seed": int(seed), "stack": []}
+    """Per-browser-session state: the model, the seed, an inverted photo's codes (w_plus [1, L, D] and its flat s,
+    or None) and the stack of applied edits (flat s codes)."""
+    return {"model": model, "seed": int(seed), "stack": [], "photo_w_plus": None, "photo_s": None}
 
 
 def current_source(state: dict) -> torch.Tensor:
-    loaded = STUDIO.model(state["model"])
-    return torch.from_numpy(state["stack"][-1]) if state["stack"] else loaded.s_of_seed(state["seed"])
+    """The flat s code [1, s_dim] every global edit starts from: the last applied edit, else the photo or seed."""
+    if state["stack"]:
+        return torch.from_numpy(state["stack"][-1])
+    if state.get("photo_s") is not None:
+        return torch.from_numpy(state["photo_s"])
+    return STUDIO.model(state["model"]).s_of_seed(state["seed"])
+
+
+def photo_w_plus(state: dict) -> torch.Tensor | None:
+    return None if state.get("photo_w_plus") is None else torch.from_numpy(state["photo_w_plus"])
 
 
 def format_info(info: dict) -> str:
@@ -262,7 +272,8 @@ def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
     def job(emit, should_stop):
         return STUDIO.optimize(state["model"], state["seed"], text, steps, l2_lambda, id_lambda,
                                should_stop=should_stop, on_preview=lambda step, im: emit("preview", im),
-                               on_step=lambda st: emit("step", st), mode=mode, space=space)
+                               on_step=lambda st: emit("step", st), mode=mode, space=space,
+                               w_plus_source=photo_w_plus(state))
     try:
         for kind, payload in stream_job(job):
             if kind == "step":
@@ -325,10 +336,13 @@ def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
     allowed = {str(p) for p in STUDIO.shipped_mappers(state["model"]).values()}
     if mapper_path not in allowed and Path(mapper_path).parent != EXPORT_DIR:
         raise gr.Error("That mapper is not available here; pick one from the list.")
-    seeds = parse_seeds(seeds_text) or [state["seed"]]
-    results = STUDIO.apply_mapper(state["model"], mapper_path, seeds, strength)
+    seeds = parse_seeds(seeds_text)
+    photo = photo_w_plus(state) if not seeds else None  # no seeds typed: the current source (photo or seed)
+    results = STUDIO.apply_mapper(state["model"], mapper_path, seeds or [state["seed"]], strength,
+                                  w_plus_source=photo)
+    name = lambda seed: "photo" if seed < 0 else f"seed {seed}"  # noqa: E731
     gallery = [item for seed, src, edit in results
-               for item in ((for_display(src), f"seed {seed}"), (for_display(edit), f"seed {seed} · mapped"))]
+               for item in ((for_display(src), name(seed)), (for_display(edit), f"{name(seed)} · mapped"))]
     paths = []
     for seed, _, edit in results:
         path = EXPORT_DIR / f"{state['model']}_{Path(mapper_path).stem}_seed{seed}_x{float(strength):.1f}.png"
@@ -372,6 +386,67 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
                pd.DataFrame(rows), gallery, keep, session_mappers)
     except Exception as exc:  # noqa: BLE001
         raise job_error(exc) from None
+
+
+def on_photo(state: dict, photo_path: str | None, center_if_no_face: bool, steps):
+    """Upload → aligned preview → inversion (streamed previews) → the reconstruction becomes the source."""
+    if not photo_path:
+        raise gr.Error("Upload a photo first (or render a fresh toyface).")
+    try:
+        aligned, note = STUDIO.align_photo(state["model"], photo_path, center_if_no_face)
+    except (ValueError, FileNotFoundError) as exc:
+        raise gr.Error(str(exc)) from None
+    yield for_display(aligned), None, f"Aligned ({note}). Inverting…", gr.update(), state
+
+    def job(emit, should_stop):
+        return STUDIO.invert_photo(state["model"], aligned, steps, should_stop=should_stop,
+                                   progress=lambda done, total, stage: emit("progress", (done, total)),
+                                   on_preview=lambda step, im: emit("preview", im))
+    recon, last_yield = None, 0.0
+    try:
+        for kind, payload in stream_job(job):
+            if kind == "preview":
+                recon = for_display(payload)
+            elif kind == "done":
+                w_plus, recon_image, info = payload
+                loaded = STUDIO.model(state["model"])
+                with torch.inference_mode():
+                    s_flat = loaded.generator.s_to_flat(loaded.generator.w_plus_to_s(w_plus))
+                new_state = {**new_session(state["model"], state["seed"]), "photo_w_plus": w_plus.numpy(),
+                             "photo_s": s_flat.numpy()}
+                yield (for_display(aligned), for_display(recon_image),
+                       f"Inverted in {info['seconds']:.0f} s · PSNR {info['psnr']:.1f} dB. The reconstruction is "
+                       "now the source in every tab (a new seed goes back to generated faces).",
+                       for_display(recon_image), new_state)
+                return
+            if kind == "preview" or time.monotonic() - last_yield > 0.5:
+                last_yield = time.monotonic()
+                done, total = payload if kind == "progress" else (None, None)
+                yield (gr.update(), recon, f"Inverting… step {done}/{total}" if done else gr.update(), gr.update(),
+                       state)
+    except Cancelled:
+        yield gr.update(), recon, "Inversion stopped; the source is unchanged.", gr.update(), state
+    except Exception as exc:  # noqa: BLE001
+        raise job_error(exc) from None
+
+
+@user_errors
+def on_fresh_render(model: str):
+    """Saves a fresh renderer face (never produced by the generator) as the photo to upload."""
+    image = STUDIO.fresh_render(model, random.randint(0, 2 ** 31 - 1))
+    path = EXPORT_DIR / f"fresh_toyface_{int(time.time() * 1000)}.png"
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def api_invert_photo(model: str, photo_path: str, steps: float):
+    """API: an uploaded photo → (reconstruction image, info with PSNR); model "" is the default model."""
+    try:
+        aligned, note = STUDIO.align_photo(model, photo_path, center_crop_if_no_face=False)
+        _, recon, info = STUDIO.invert_photo(model, aligned, steps)
+    except (ValueError, FileNotFoundError) as exc:
+        raise gr.Error(str(exc)) from None
+    return recon, {**info, "alignment": note}
 
 
 def api_optimize(model: str, seed: float, text: str, steps: float, l2_lambda: float, id_lambda: float,
@@ -419,6 +494,21 @@ def build_demo() -> gr.Blocks:
             model = gr.Dropdown(model_choices(), value=default_model, label="Model", scale=2)
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2 ** 32 - 1, label="Seed", scale=1)
             random_btn = gr.Button("🎲 Random", scale=0)
+        with gr.Accordion("📷 Use your own photo", open=False):
+            with gr.Row():
+                photo = gr.Image(type="filepath", label="Photo (PNG, JPEG, WebP, …; at most 20 MB)",
+                                 sources=["upload", "clipboard"], elem_id="photo-in", height=220)
+                photo_aligned = gr.Image(label="Aligned", type="numpy", interactive=False, height=220)
+                photo_recon = gr.Image(label="Reconstruction (the new source)", type="numpy", interactive=False,
+                                       height=220, elem_id="photo-recon")
+            with gr.Row():
+                photo_steps = gr.Slider(*INVERT_STEPS_RANGE, value=INVERT_STEPS_DEFAULT, step=1,
+                                        label="inversion steps")
+                photo_center = gr.Checkbox(False, label="If no face is found, use the centre crop")
+                photo_btn = gr.Button("Align and invert", variant="primary", elem_id="photo-run")
+                photo_stop = gr.Button("Stop")
+                fresh_btn = gr.Button("Render a fresh toyface", elem_id="photo-fresh")
+            photo_status = gr.Markdown(elem_id="photo-status")
         with gr.Tabs():
             with gr.Tab("Global directions"):
                 with gr.Row():
@@ -521,6 +611,9 @@ def build_demo() -> gr.Blocks:
             api_btn = gr.Button()
         # Served outside the queue: one synthesis is cheaper than the queue's SSE round trips.
         api_btn.click(api_global_edit, api_in, api_out, api_name="global_edit", queue=False)
+        # invert_photo(model, photo, steps) -> (reconstruction, info); queued (seconds)
+        gr.Button(visible=False).click(api_invert_photo, [gr.Textbox(), gr.File(type="filepath"), gr.Number()],
+                                       api_out, api_name="invert_photo")
         # optimize(model, seed, text, steps, l2_lambda, id_lambda, mode, space) -> (image, info); queued (seconds)
         opt_api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Number(), gr.Number(), gr.Number(),
                       gr.Textbox(), gr.Textbox()]
@@ -552,6 +645,12 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         export_btn.click(on_export, edit_inputs, [exports], api_visibility="private")
         compute_btn.click(on_compute_stats, [state], [compute_msg], api_visibility="private")
+        photo_event = photo_btn.click(on_photo, [state, photo, photo_center, photo_steps],
+                                      [photo_aligned, photo_recon, photo_status, original, state],
+                                      api_visibility="private")
+        photo_event.then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
+        photo_stop.click(None, None, None, cancels=[photo_event], api_visibility="private")
+        fresh_btn.click(on_fresh_render, [model], [photo], api_visibility="private")
         mapper_apply.click(on_apply_mapper, [state, mapper_pick, mapper_seeds, mapper_strength],
                            [mapper_gallery, mapper_files], api_visibility="private")
         train_event = train_btn.click(on_train_mapper, [state, train_text, train_steps, train_l2, session_mappers],

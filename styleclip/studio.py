@@ -38,6 +38,9 @@ MAPPER_STEPS_RANGE = (1, 5000)
 MAPPER_STEPS_DEFAULT = 300
 MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
 MAX_BATCH_SEEDS = 16
+INVERT_STEPS_RANGE = (1, 1000)
+INVERT_STEPS_DEFAULT = 150
+PHOTO_SEED_OFFSET = 10_000_019  # fresh renders use other normals than the generator's seed of the same number
 
 
 class MissingStatisticsError(StatisticsError):
@@ -226,7 +229,8 @@ class Studio:
     # -------------------------------------------------------------------------------- latent optimization
     def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=0.008, id_lambda=0.0,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
-                 on_step=None, mode: str = "edit", space: str = "w_plus") -> tuple[np.ndarray, dict]:
+                 on_step=None, mode: str = "edit", space: str = "w_plus",
+                 w_plus_source: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
@@ -237,6 +241,7 @@ class Studio:
             on_step: on_step(OptimizationStep) after every step (losses as floats).
             mode: "edit" starts from the seed's latent, "free" (free generation) from the mean latent.
             space: "w_plus" or "s" (conv style channels only).
+            w_plus_source: [1, L, D] start latent for "edit" mode instead of the seed's (an inverted photo).
 
         Returns:
             (edited image uint8 [R, R, 3], info with the losses, the settings and the timing).
@@ -259,8 +264,10 @@ class Studio:
         if id_lambda > 0 and identity is None:
             raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
         preview = None if on_preview is None else (lambda step, img: on_preview(step, img_to_image(img[0])))
-        start = (loaded.source_w_plus(seed) if mode == "edit"
-                 else loaded.generator.w_to_w_plus(loaded.generator.latent_avg[None].clone()))
+        if mode == "free":
+            start = loaded.generator.w_to_w_plus(loaded.generator.latent_avg[None].clone())
+        else:
+            start = loaded.source_w_plus(seed) if w_plus_source is None else torch.as_tensor(w_plus_source)
         result = optimize(loaded.generator, loaded.clip, text, start, steps=steps, space=space,
                           l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, progress=progress,
                           should_stop=should_stop, preview_every=preview_every, on_preview=preview,
@@ -281,14 +288,17 @@ class Studio:
         folder = model_zoo.mappers_dir(self.model(model).name)
         return {p.stem.replace("_", " "): p for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
 
-    def apply_mapper(self, model: str, mapper_path: str | Path, seeds, strength=1.0
-                     ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Applies a mapper file to each seed: [(seed, source image, edited image)] (uint8 [R, R, 3])."""
+    def apply_mapper(self, model: str, mapper_path: str | Path, seeds, strength=1.0,
+                     w_plus_source: torch.Tensor | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Applies a mapper file to each seed: [(seed, source image, edited image)] (uint8 [R, R, 3]).
+
+        `w_plus_source` [1, L, D] (an inverted photo) replaces the seeds; it is reported as seed -1.
+        """
         from .engines.mapper import apply_mapper, load_mapper
 
         loaded = self.model(model)
         strength = validate_range(strength, "strength", *MAPPER_STRENGTH_RANGE)
-        seeds = [validate_seed(s) for s in seeds]
+        seeds = [-1] if w_plus_source is not None else [validate_seed(s) for s in seeds]
         if not seeds or len(seeds) > MAX_BATCH_SEEDS:
             raise ValueError(f"Give between 1 and {MAX_BATCH_SEEDS} seeds.")
         mapper = self._mappers.get(str(mapper_path))
@@ -296,7 +306,8 @@ class Studio:
             mapper = load_mapper(mapper_path, loaded.generator)
             self._mappers[str(mapper_path)] = mapper
         with torch.inference_mode():
-            w_plus = torch.cat([loaded.source_w_plus(s) for s in seeds])
+            w_plus = (torch.as_tensor(w_plus_source) if w_plus_source is not None
+                      else torch.cat([loaded.source_w_plus(s) for s in seeds]))
             imgs = loaded.generator.synthesis_w_plus(torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)]))
         images = img_to_images(imgs)
         return [(s, images[i], images[len(seeds) + i]) for i, s in enumerate(seeds)]
@@ -334,3 +345,55 @@ class Studio:
         return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight,
                 "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
+
+    # -------------------------------------------------------------------------------- photos
+    def align_photo(self, model: str, source, center_crop_if_no_face: bool = False) -> tuple[np.ndarray, str]:
+        """An uploaded picture (path or bytes) → (aligned image uint8 [R, R, 3] at the generator's size, a note).
+
+        FFHQ-like models get dlib's landmarks and the FFHQ crop; a domain aligned by construction (toyfaces)
+        gets a centre crop. Raises ValueError subclasses with plain messages (not an image, too large, no face).
+        """
+        from .engines.alignment import NoFaceError, align_face, center_crop, load_image
+
+        loaded = self.model(model)
+        image = load_image(source)
+        size = loaded.generator.size
+        if loaded.bundle.alignment == "center":
+            return center_crop(image, size), "centre-cropped (this model's domain is aligned by construction)"
+        try:
+            result = align_face(image, size)
+        except NoFaceError:
+            if not center_crop_if_no_face:
+                raise
+            return center_crop(image, size), "no face found: used the centre crop, as asked"
+        return result.image, result.note
+
+    def fresh_render(self, model: str, seed) -> np.ndarray:
+        """A face drawn by the toyfaces renderer (never by the generator): a 'photo' of the embedded domain."""
+        from .toyfaces.renderer import NUM_PARAMS, params_from_normal, render
+
+        loaded = self.model(model)
+        if loaded.bundle.alignment != "center":
+            raise ValueError("Fresh renders exist only for the embedded toyfaces model; upload a photo instead.")
+        z = np.random.RandomState(validate_seed(seed) + PHOTO_SEED_OFFSET).randn(NUM_PARAMS)
+        return render(params_from_normal(z), loaded.generator.size)
+
+    def invert_photo(self, model: str, image: np.ndarray, steps=INVERT_STEPS_DEFAULT, progress=None,
+                     should_stop=None, on_preview=None, preview_every: int = 10) -> tuple[torch.Tensor, np.ndarray, dict]:
+        """Inverts an aligned image (uint8 [R, R, 3]) into W+.
+
+        Returns:
+            (w_plus [1, L, D], reconstruction uint8 [R, R, 3], info with PSNR and timing).
+        """
+        from .engines.inversion import invert
+
+        t0 = time.perf_counter()
+        steps = int(validate_range(steps, "steps", *INVERT_STEPS_RANGE))
+        loaded = self.model(model)
+        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        preview = None if on_preview is None else (lambda step, im: on_preview(step, img_to_image(im[0])))
+        result = invert(loaded.generator, loaded.clip, img, steps=steps, progress=progress,
+                        should_stop=should_stop, preview_every=preview_every, on_preview=preview)
+        info = {"model": loaded.name, "steps": steps, "psnr": round(float(result.psnr), 2),
+                "seconds": round(time.perf_counter() - t0, 2)}
+        return result.w_plus.detach(), img_to_image(result.img[0]), info

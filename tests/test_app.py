@@ -231,3 +231,46 @@ def test_apply_mapper_api_refuses_unknown_mappers(client):
     from gradio_client.exceptions import AppError
     with pytest.raises(AppError, match="Unknown mapper"):
         client.predict("", "../../etc/passwd", 0, 1.0, api_name="/apply_mapper")
+
+
+def test_invert_photo_api_reconstructs_a_fresh_render(client, tmp_path):
+    """The upload flow through the API: a renderer face the generator never drew is inverted with a PSNR."""
+    from gradio_client import handle_file
+    from styleclip.studio import Studio
+
+    photo = tmp_path / "face.png"
+    Image.fromarray(Studio().fresh_render("", 5)).save(photo)
+    recon_path, info = client.predict("", handle_file(str(photo)), 15, api_name="/invert_photo")
+    recon = np.asarray(Image.open(recon_path).convert("RGB"))
+    assert recon.shape[:2] == np.asarray(Image.open(photo)).shape[:2]
+    assert info["steps"] == 15 and info["psnr"] > 8 and "centre" in info["alignment"]
+
+
+@pytest.mark.parametrize("content, message", [(b"not an image at all", "not an image Pillow can read"),
+                                              (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "")])
+def test_invert_photo_api_refuses_non_images(client, tmp_path, content, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(AppError) as err:
+        client.predict("", handle_file(str(bad)), 15, api_name="/invert_photo")
+    assert message in str(err.value) and "Traceback" not in str(err.value)
+
+
+@needs_browser
+def test_browser_photo_upload_flow(browser):
+    """Render a fresh toyface as the 'photo', align and invert it; the reconstruction becomes the edited source."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 240)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info"))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Use your own photo" in b.text).click()
+    wait.until(lambda d: d.find_element(By.ID, "photo-fresh").is_displayed())
+    browser.find_element(By.ID, "photo-fresh").click()
+    wait.until(lambda d: _img_src(d, "photo-in"))
+    browser.find_element(By.ID, "photo-run").click()
+    wait.until(lambda d: _text(d, "photo-status").startswith("Inverted"))
+    assert "PSNR" in _text(browser, "photo-status") and _img_src(browser, "photo-recon")

@@ -35,6 +35,8 @@ class ModelBundle:
         auto_beta_floor: channel count auto-beta keeps (20 for FFHQ in the official GUI, 100 for others).
         truncation: truncation psi used when sampling sources from seeds.
         description: one line for the model picker.
+        alignment: how photos are prepared: "ffhq" (dlib landmarks + the FFHQ crop) or "center" (a domain that is
+            aligned by construction: centre crop and resize).
     """
 
     name: str
@@ -44,6 +46,7 @@ class ModelBundle:
     auto_beta_floor: int = 20
     truncation: float = 0.7
     description: str = ""
+    alignment: str = "ffhq"
 
 
 _BUNDLES: dict[str, ModelBundle] = {}
@@ -65,7 +68,7 @@ registry.register(registry.ModelFile(
     description="embedded small CLIP (64 px ViT) trained on toyfaces captions (python -m styleclip.toyfaces.train_clip)"))
 register_bundle(ModelBundle(
     name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
-    auto_beta_floor=20, truncation=1.0,
+    auto_beta_floor=20, truncation=1.0, alignment="center",
     description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",
