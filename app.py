@@ -235,6 +235,12 @@ def stream_job(job):
     yield "done", outcome["result"]
 
 
+def eta_text(t_start: float, done: int, total: int) -> str:
+    elapsed = time.monotonic() - t_start
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{elapsed:.0f} s elapsed, about {left:.0f} s left"
+
+
 def job_error(exc: Exception) -> gr.Error:
     if isinstance(exc, (ValueError, FileNotFoundError)):
         return gr.Error(str(exc))
@@ -267,7 +273,7 @@ def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda, mode: str, 
 def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
     rows: list[dict] = []
     frames: list[np.ndarray] = []
-    image, status, last_yield = None, "Starting…", 0.0
+    image, status, last_yield, t_start = None, "Starting…", 0.0, time.monotonic()
 
     def job(emit, should_stop):
         return STUDIO.optimize(state["model"], state["seed"], text, steps, l2_lambda, id_lambda,
@@ -280,7 +286,8 @@ def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
                 rows.extend({"step": payload.step, "term": term, "value": value} for term, value in
                             (("CLIP", payload.clip_loss), ("L2 (weighted)", float(l2_lambda) * payload.l2_loss),
                              ("identity (weighted)", float(id_lambda) * payload.id_loss)))
-                status = f"step {payload.step}/{int(steps)} · CLIP loss {payload.clip_loss:.4f}"
+                status = (f"step {payload.step}/{int(steps)} · CLIP loss {payload.clip_loss:.4f} · "
+                          f"{eta_text(t_start, payload.step, int(steps))}")
             elif kind == "preview":
                 frames.append(payload)
                 image = for_display(payload)
@@ -356,7 +363,7 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
     name = (text or "").strip()
     out = EXPORT_DIR / f"mapper_{state['model']}_{abs(hash((name, int(steps), float(l2_weight)))):x}.pt"
     rows: list[dict] = []
-    gallery, status, last_yield = [], "Starting…", 0.0
+    gallery, status, last_yield, t_start = [], "Starting…", 0.0, time.monotonic()
     keep = gr.update()
 
     def job(emit, should_stop):
@@ -368,7 +375,8 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
             if kind == "step":
                 rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
                             for term in ("clip", "l2") if term in payload)
-                status = f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f}"
+                status = (f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f} · "
+                          f"{eta_text(t_start, payload['step'], int(steps))}")
             elif kind == "preview":
                 gallery = [for_display(im) for pair in payload for im in pair]
             else:
