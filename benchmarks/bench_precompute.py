@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.flops_only:
         t0 = time.time()
         fs3_ref = reference_relevance(loaded.generator, loaded.clip, stats.mean, stats.std,
-                                      n_images=args.ref_images, truncation=loaded.bundle.truncation)
+                                      n_images=args.ref_images, truncation=loaded.bundle.truncation,
+                                      progress=lambda done, total, stage: done % 200 == 0 and print(
+                                          f"{stage}: {done}/{total} ({time.time() - t0:.0f} s)", file=sys.stderr))
         result["reference_images"] = args.ref_images
         result["reference_seconds"] = round(time.time() - t0, 1)
         result["agreement"] = agreement(stats.fs3, fs3_ref, loaded.clip, args.k)
