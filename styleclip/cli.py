@@ -19,6 +19,19 @@ class CliError(Exception):
     """A user-facing error: printed as one line, no traceback."""
 
 
+
+def _stderr_progress():
+    """A progress callback (done, total, stage) printing at most once a second to stderr, so that stdout keeps
+    the command's one JSON line."""
+    last = [0.0]
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if time.time() - last[0] >= 1.0 or done == total:
+            last[0] = time.time()
+            print(f"{done}/{total} {stage}", file=sys.stderr, flush=True)
+
+    return progress
+
 def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
     """The seed convention of the upstream scripts: numpy RandomState(seed).randn(1, z_dim) as float32."""
     if not 0 <= seed < 2 ** 32:
@@ -136,13 +149,7 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
         if identity is None:
             raise CliError(f"model {loaded.name!r} has no identity network; use --id-lambda 0")
     w_plus_0 = loaded.source_w_plus(args.seed)
-    last = [0.0]
-
-    def progress(done: int, total: int, stage: str) -> None:
-        if time.time() - last[0] >= 1.0 or done == total:  # stdout keeps the one JSON line
-            last[0] = time.time()
-            print(f"{done}/{total} {stage}", file=sys.stderr, flush=True)
-
+    progress = _stderr_progress()
     t0 = time.perf_counter()
     result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=args.steps, lr=args.lr,
                       l2_lambda=args.l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
@@ -326,13 +333,7 @@ def cmd_invert(args: argparse.Namespace) -> dict:
     image = load_image(args.image)
     loaded = Studio().model(args.model)
     target = image_to_img(image, loaded.generator.size)  # [1, 3, R, R] in [-1, 1]
-    last = [0.0]
-
-    def progress(done: int, total: int, stage: str) -> None:
-        if time.time() - last[0] >= 1.0 or done == total:  # stdout keeps the one JSON line
-            last[0] = time.time()
-            print(f"{done}/{total} {stage}", file=sys.stderr, flush=True)
-
+    progress = _stderr_progress()
     t0 = time.perf_counter()
     result = invert(loaded.generator, loaded.clip, target, steps=args.steps, lr=args.lr, progress=progress)
     seconds = time.perf_counter() - t0

@@ -62,3 +62,13 @@ def tiny_generator_file(tmp_path, tiny_generator):
     path = tmp_path / "tiny_g.pt"
     save_generator(tiny_generator, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a module (the session default is 2): for modules whose long optimizations share the
+    test machine's cores with background jobs. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

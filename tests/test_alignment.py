@@ -32,15 +32,7 @@ REAL_FACE = (175, 76, 265, 166)
 FALSE_POSITIVE = (126, 335, 215, 425)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One CPU thread (conftest sets 2): the test machine shares its cores with background jobs."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

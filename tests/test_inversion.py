@@ -19,13 +19,7 @@ from styleclip.models.clip_model import ClipModel, build_small_clip
 from tests.conftest import TINY_CLIP, make_tiny_generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One CPU thread (conftest sets 2): the test machine shares its cores with background jobs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from styleclip.toyfaces.eval_generator import (
     total_variation,
     wasserstein_1d,
 )
-from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, params_from_normal, render, render_batch
+from styleclip.toyfaces.renderer import labels_of, params_from_normal, render, render_batch
+from styleclip.toyfaces.z_layout import params_of_z
 
 from tests.conftest import TINY_CLIP  # noqa: E402
 
@@ -40,7 +41,7 @@ def _in_unit(x) -> bool:
 @pytest.fixture(scope="module")
 def tiny_generator() -> Generator:
     torch.manual_seed(0)
-    return Generator(64, style_dim=32, n_mlp=2, channel_max=16).eval().requires_grad_(False)
+    return Generator(64, style_dim=64, n_mlp=2, channel_max=16).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_classifier_embed_feeds_the_heads(fresh_classifier):
 
 def test_evaluate_generator_on_random_models(tiny_generator, fresh_classifier):
     r = evaluate_generator(tiny_generator, fresh_classifier, n=40, seed=3)
-    assert r["n"] == 40 and r["paired"] is True  # style_dim 32 >= NUM_PARAMS
+    assert r["n"] == 40 and r["paired"] is True  # style_dim 64 >= Z_DIMS_USED
     assert set(r["discrete"]) == set(DISCRETE) and set(r["continuous"]) == set(CONTINUOUS)
     for name, d in r["discrete"].items():
         for key in ("tv", "tv_baseline", "tv_true", "confident", "confident_renders", "agreement"):
@@ -119,12 +120,12 @@ def test_evaluate_generator_on_random_models(tiny_generator, fresh_classifier):
 
 
 class _RenderGenerator(torch.nn.Module):
-    """A perfectly distilled generator: G(z) = render(params_from_normal(z[:NUM_PARAMS])), exactly."""
+    """A perfectly distilled generator: G(z) = render(params_of_z(z)), exactly."""
 
-    config = SimpleNamespace(style_dim=32, size=64)
+    config = SimpleNamespace(style_dim=64, size=64)
 
     def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        params = [params_from_normal(row[:NUM_PARAMS]) for row in z.double().numpy()]
+        params = [params_of_z(row) for row in z.double().numpy()]
         return torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -156,8 +157,8 @@ class _OracleClassifier:
 
 def test_perfect_generator_and_oracle_classifier():
     n, seed, render_seed, baseline_seed = 40, 11, 21, 22
-    z = np.random.RandomState(seed).randn(n, 32).astype(np.float32)  # the documented seed convention
-    gen_params = [params_from_normal(row[:NUM_PARAMS]) for row in z.astype(np.float64)]
+    z = np.random.RandomState(seed).randn(n, 64).astype(np.float32)  # the documented seed convention
+    gen_params = [params_of_z(row) for row in z.astype(np.float64)]
     render_params = [params_from_normal(row) for row in normals_for(n, render_seed)]
     base_params = [params_from_normal(row) for row in normals_for(n, baseline_seed)]
     oracle = _OracleClassifier(gen_params + render_params + base_params)

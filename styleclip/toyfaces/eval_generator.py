@@ -19,10 +19,10 @@ Per discrete attribute:
     confident     fraction of generator samples whose max class probability is >= 0.9. Bar: >= 0.9.
     confident_renders   the same on renders: the most the instrument can give.
     agreement     predicted label == label of the face that z encodes (the distillation target
-                  render(params_from_normal(z[:NUM_PARAMS]))); only when style_dim >= NUM_PARAMS.
+                  render(params_of_z(z)), see z_layout); only when style_dim >= Z_DIMS_USED.
 `tv_true`, `confident*` and `agreement` count only samples where the attribute is visible (eye colour behind
 sunglasses or closed eyes is not): for renders by their params, for generator samples by the params their z
-encodes (all samples when style_dim < NUM_PARAMS). `all_confident` is the fraction of samples confident on
+encodes (all samples when style_dim < Z_DIMS_USED). `all_confident` is the fraction of samples confident on
 every discrete attribute visible in them at once (bar: >= 0.9).
 
 Per continuous attribute: mean of predicted values on both sides, their difference, and the 1-D Wasserstein
@@ -46,7 +46,7 @@ import torch
 from styleclip.toyfaces.classifier import AttributeClassifier, load_classifier, to_img
 from styleclip.toyfaces.dataset import labels_array, make_dataset, observable_array
 from styleclip.toyfaces.eval_classifier import HELDOUT_SEED
-from styleclip.toyfaces.renderer import NUM_PARAMS, params_from_normal
+from styleclip.toyfaces.z_layout import Z_DIMS_USED, params_of_z
 
 __all__ = [
     "evaluate_generator",
@@ -222,11 +222,11 @@ def evaluate_generator(
     render_images, render_labels, render_params = make_dataset(n, render_seed, 64, workers=1, use_cache=False)
     base_images, _, _ = make_dataset(n, baseline_seed, 64, workers=1, use_cache=False)
 
-    # The distilled generator draws render(params_from_normal(z[:NUM_PARAMS])), so z names the face each
+    # The distilled generator draws render(params_of_z(z)), so z names the face each
     # sample should be: that gives per-sample visibility and target labels on the generator side.
-    paired = generator.config.style_dim >= NUM_PARAMS
+    paired = generator.config.style_dim >= Z_DIMS_USED
     if paired:
-        gen_params = [params_from_normal(row[:NUM_PARAMS]) for row in z.astype(np.float64)]
+        gen_params = [params_of_z(row) for row in z.astype(np.float64)]
         gen_visible = observable_array(gen_params)
         gen_target = labels_array(gen_params)
     else:

@@ -6,6 +6,7 @@ templates ("a photo of a {}.") because global directions average text embeddings
 Seeded and resumable:
 
     python -m styleclip.toyfaces.train_clip --steps 3000        # resumes from runs/ if present
+    python -m styleclip.toyfaces.train_clip --device cuda --workers 6 --batch 256 --minutes 8
 
 Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/clip.pt; `--restart` starts over.
 """
@@ -13,6 +14,7 @@ Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/clip
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -25,7 +27,10 @@ import torch.nn.functional as F
 
 from ..models.clip_model import IMAGENET_TEMPLATES, build_small_clip, clip_config
 from . import captions
-from .renderer import NUM_PARAMS, params_from_normal, render_batch
+from .budget import StepBudget
+from .prefetch import batches
+from .attributes import ATTRIBUTES
+from .renderer import NUM_PARAMS, params_from_normal, render_batch, set_attribute
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO / "runs" / "toyfaces_clip" / "state.pt"
@@ -47,8 +52,8 @@ def caption_body(text: str) -> str:
     return text
 
 
-def make_caption(params, rng: np.random.Generator, template_prob: float) -> str:
-    text = captions.caption(params, rng)
+def make_caption(params, rng: np.random.Generator, template_prob: float, mention=None) -> str:
+    text = captions.caption(params, rng, mention=mention)
     if rng.random() < template_prob:
         return IMAGENET_TEMPLATES[rng.integers(len(IMAGENET_TEMPLATES))].format(caption_body(text))
     return text
@@ -67,11 +72,44 @@ def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return img + noise * torch.from_numpy(rng.uniform(0, 0.04, size=(n, 1, 1, 1)).astype(np.float32))
 
 
-def batch_at(seed: int, step: int, batch: int, template_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+def contrast_group(rng: np.random.Generator, size: int) -> tuple[list, list[tuple[str, ...]]]:
+    """`size` faces identical except for one discrete attribute, each captioned with that attribute first.
+
+    Random batches rarely hold two faces that only a small attribute (earrings, lipstick, the mouth) tells
+    apart, so contrastive learning alone leaves such attributes unlearnt; a group makes them the only clue.
+    Returns (params list, mention tuples) for captions.caption.
+    """
+    discrete = [a for a in ATTRIBUTES if a.kind == "discrete"]
+    attr = discrete[rng.integers(len(discrete))]
+    base = params_from_normal(rng.standard_normal(NUM_PARAMS))
+    if attr.name in ("eyes", "eye_color"):
+        base = set_attribute(set_attribute(base, "glasses", "none"), "eyes", "open")  # keep the eyes visible
+    values = rng.permutation(len(attr.values))[:size]
+    params = [set_attribute(base, attr.name, int(v)) for v in values]
+    others = [a.name for a in ATTRIBUTES if a.name != attr.name]
+    mentions = []
+    for _ in params:
+        extra = rng.choice(len(others), size=int(min(3, rng.poisson(1.0))), replace=False)
+        mentions.append((attr.name, *(others[i] for i in extra)))
+    return params, mentions
+
+
+def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac: float = 0.0,
+             group_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of `step`: augmented img [B, 3, 64, 64] and tokens [B, 77]. A `group_frac` share of
+    the batch comes in contrast groups (see contrast_group), the rest are independent random faces."""
     rng = np.random.default_rng([seed, step])
-    params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(batch)]
+    params: list = []
+    mentions: list = []
+    while len(params) < int(batch * group_frac):
+        group, group_mentions = contrast_group(rng, min(group_size, int(batch * group_frac) - len(params)))
+        params += group
+        mentions += group_mentions
+    while len(params) < batch:
+        params.append(params_from_normal(rng.standard_normal(NUM_PARAMS)))
+        mentions.append(None)
     img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    texts = [make_caption(p, rng, template_prob) for p in params]
+    texts = [make_caption(p, rng, template_prob, mention) for p, mention in zip(params, mentions)]
     return augment(img, rng), clip.tokenize(texts, truncate=True)
 
 
@@ -92,7 +130,7 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
     x = model.token_embedding(tokens) + model.positional_embedding[:length]
-    mask = torch.full((length, length), float("-inf")).triu_(1)
+    mask = torch.full((length, length), float("-inf"), device=tokens.device).triu_(1)
     x = x.permute(1, 0, 2)  # [L, N, width]
     for block in model.transformer.resblocks:
         h = block.ln_1(x)
@@ -103,11 +141,11 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    x = ((img + 1) / 2 - _CLIP_MEAN) / _CLIP_STD
+    x = ((img + 1) / 2 - _CLIP_MEAN.to(img.device)) / _CLIP_STD.to(img.device)
     image_features = F.normalize(model.encode_image(x), dim=-1)
     text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
     logits = model.logit_scale.exp() * image_features @ text_features.t()
-    labels = torch.arange(img.shape[0])
+    labels = torch.arange(img.shape[0], device=img.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
@@ -122,6 +160,8 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
 
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = build_small_clip(**MODEL_KWARGS, seed=args.seed).train().requires_grad_(True)
     opt = make_optimizer(model, args.lr)
     step, history = 0, []
@@ -131,12 +171,17 @@ def train(args: argparse.Namespace) -> None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
-    elif Path(args.export).is_file() and not args.restart:
+    elif Path(args.init or args.export).is_file() and not args.restart:
         # A fresh clone has no runs/: continue from the shipped fp16 weights; the optimizer moments restart.
-        ckpt = torch.load(args.export, map_location="cpu", weights_only=True)
+        ckpt = torch.load(args.init or args.export, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
         step = int(ckpt.get("train_step", 0))
-        print(json.dumps({"warm_start": args.export, "step": step}), flush=True)
+        print(json.dumps({"warm_start": args.init or args.export, "step": step}), flush=True)
+    # The workers fork here, before CUDA starts.
+    stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
+                                       group_frac=args.group_frac), step, args.workers)
+    model.to(device)
+    opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
 
     def save():
         state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,15 +190,18 @@ def train(args: argparse.Namespace) -> None:
         tmp.replace(state_path)
         export = Path(args.export)
         export.parent.mkdir(parents=True, exist_ok=True)
-        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        half = {k: v.half().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
         torch.save({"state_dict": half, "config": clip_config(model), "train_step": step}, export.with_suffix(".tmp"))
         export.with_suffix(".tmp").replace(export)
 
-    t_start, last_save, start_step, running = time.time(), time.time(), step, None
-    while step < args.steps:
-        img, tokens = batch_at(args.seed, step, args.batch, args.template_prob)
+    t_start, last_save, start_step, running, total = time.time(), time.time(), step, None, args.steps
+    budget = StepBudget(args.steps, args.minutes, start_step)
+    while step < total:
+        total = budget.update(step)
+        img, tokens = next(stream)
+        img, tokens = img.to(device), tokens.to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
+            group["lr"] = lr_at(step, total, args.lr)
         loss = contrastive_loss(model, img, tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,8 +216,8 @@ def train(args: argparse.Namespace) -> None:
             history.append([step, round(running, 4)])
             print(json.dumps({"step": step, "loss": round(running, 4), "logit_scale": round(
                 model.logit_scale.exp().item(), 2), "steps_per_s": round(rate, 3),
-                "eta_min": round((args.steps - step) / max(rate, 1e-9) / 60, 1)}), flush=True)
-        if time.time() - last_save > args.save_minutes * 60 or step == args.steps:
+                "eta_min": round((total - step) / max(rate, 1e-9) / 60, 1)}), flush=True)
+        if time.time() - last_save > args.save_minutes * 60 or step >= total:
             save()
             last_save = time.time()
 
@@ -177,9 +225,16 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="time budget: sets --steps to what fits, from the rate after 60 steps (0 = use --steps)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
+    p.add_argument("--init", default="", help="export to continue from when there is no state (default: --export)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--template-prob", type=float, default=0.4)
+    p.add_argument("--group-frac", type=float, default=0.5,
+                   help="share of each batch in contrast groups (faces differing in one attribute)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--state", default=str(DEFAULT_STATE))

@@ -1,11 +1,23 @@
-"""Train the embedded StyleGAN2 by distilling the renderer: G(z) ≈ render(params_from_normal(z[:K])).
+"""Train the embedded StyleGAN2 by distilling the renderer: G(z) ≈ render(params_of_z(z)).
 
-The renderer is a deterministic function of K standard normals, so a standard StyleGAN2 can learn it by plain
-regression (no discriminator): the mapping network learns to pick the attributes from z, the synthesis network
-learns to draw them. Fresh renders every step, so there is no dataset to overfit. Seeded and resumable:
+The renderer is a deterministic function of K standard normals, so a standard StyleGAN2 can learn it by
+regression (no discriminator). `params_of_z` reads the first K entries of the pixel-normalised z, which is what
+the mapping network sees, so the target is an exact function of the network's input.
+
+Learning the attribute thresholds and the drawing through one regression is slow (the pixel loss averages over
+the faces a half-trained mapping confuses), so training splits the two:
+- the synthesis network draws from w = code_encoder(attribute code), a small MLP of the one-hot attributes and
+  the continuous parameters, so it always gets an unambiguous w;
+- the mapping network regresses z → that w (MSE, the target detached);
+- from 30% of the run on, a growing part of each batch (up to half) renders from mapping(z) end to end, so the
+  synthesis also learns the w the mapping really produces.
+The exported generator is a standard StyleGAN2 (mapping + synthesis); the encoder rides along in the export only
+so that a later run can resume. Fresh renders every step, so there is no dataset to overfit. Seeded, resumable,
+CPU or GPU (`--device cuda --workers N` renders batches in N processes):
 
     python -m styleclip.toyfaces.train_generator --steps 20000          # resumes from runs/ if present
     python -m styleclip.toyfaces.train_generator --export-only           # write assets/ from the last state
+    python -m styleclip.toyfaces.train_generator --device cuda --workers 8 --batch 64 --minutes 8
 
 Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/generator.pt and its recorded step;
 `--restart` trains from scratch.
@@ -15,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import time
@@ -23,22 +36,52 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import save_generator
-from .renderer import NUM_PARAMS, params_from_normal, render_batch
+from .budget import StepBudget
+from .prefetch import batches
+from .renderer import render_batch
+from .z_layout import CODE_DIM, attribute_code, params_of_z, set_threshold_layers
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO / "runs" / "toyfaces_generator" / "state.pt"
 DEFAULT_EXPORT = REPO / "assets" / "toyfaces" / "generator.pt"
 MAPPING_LR_BOOST = 100.0
 CONFIG = GeneratorConfig(size=64, style_dim=128, n_mlp=4, channel_table=(256, 256, 192, 96, 48))
+MIX_START, MIX_FULL, MIX_MAX = 0.3, 0.7, 0.5  # run fractions / batch share rendered through mapping(z)
+
+
+def make_batch(seed: int, batch: int, size: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training batch of `step`: (z [B, D] float32, image [B, size, size, 3] uint8, code [B, CODE_DIM])."""
+    z = np.random.default_rng([seed, step]).standard_normal((batch, CONFIG.style_dim)).astype(np.float32)
+    params = [params_of_z(row) for row in z]
+    codes = np.stack([attribute_code(p) for p in params])
+    return z, render_batch(params, size), codes
 
 
 def target_batch(z: np.ndarray, size: int) -> torch.Tensor:
-    """z: [B, style_dim] → the renderer's img [B, 3, size, size] for params_from_normal(z[:, :K])."""
-    images = render_batch([params_from_normal(row[:NUM_PARAMS]) for row in z], size)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    """z: [B, style_dim] → the renderer's img [B, 3, size, size] for params_of_z(z)."""
+    return to_img(render_batch([params_of_z(row) for row in z], size))
+
+
+def to_img(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → img [B, 3, H, W] in [-1, 1] (on the input's device)."""
+    image = torch.as_tensor(image)
+    return image.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class CodeEncoder(nn.Module):
+    """Attribute code [N, CODE_DIM] → w [N, D], ending in the mapping network's own activation (leaky ReLU ×√2)
+    so that the mapping can reach every w it is asked to regress."""
+
+    def __init__(self, style_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(CODE_DIM, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, style_dim))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.net(code), 0.2) * math.sqrt(2)
 
 
 def _edges(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +96,26 @@ def distillation_loss(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss + (F.avg_pool2d(img, 2) - F.avg_pool2d(target, 2)).abs().mean()
 
 
+def mix_fraction(step: int, total: int) -> float:
+    """Share of the batch rendered from mapping(z) rather than from the attribute code."""
+    t = (step / max(1, total) - MIX_START) / (MIX_FULL - MIX_START)
+    return MIX_MAX * min(1.0, max(0.0, t))
+
+
+def training_loss(g: Generator, encoder: CodeEncoder, z: torch.Tensor, code: torch.Tensor, target: torch.Tensor,
+                  mix: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pixel distillation of the synthesis (from the code's w, and from mapping(z) for a `mix` share of the
+    batch) plus the mapping's regression onto the code's w."""
+    w_code = encoder(code)
+    w_map = g.mapping(z)
+    n_map = int(round(mix * z.shape[0]))
+    w = torch.cat([w_map[:n_map], w_code[n_map:]]) if n_map else w_code
+    img = g.synthesis_w_plus(g.w_to_w_plus(w))
+    pixel = distillation_loss(img, target)
+    mapping = F.mse_loss(w_map, w_code.detach())
+    return pixel + mapping, {"pixel": pixel.item(), "mapping": mapping.item()}
+
+
 def lr_at(step: int, total: int, base: float, warmup: int = 500) -> float:
     """Linear warm-up, then cosine decay to 10% of `base`."""
     if step < warmup:
@@ -61,106 +124,137 @@ def lr_at(step: int, total: int, base: float, warmup: int = 500) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def make_state(seed: int) -> dict:
+def make_state(seed: int, config: GeneratorConfig = CONFIG, sharpness: float = 0.0) -> dict:
+    """A fresh training state; with `sharpness` > 0 the mapping's first two layers are threshold detectors for
+    the z layout (see z_layout.set_threshold_layers), frozen."""
     torch.manual_seed(seed)
-    g = Generator.from_config(CONFIG)
-    return {"g": g, "g_ema": copy.deepcopy(g).eval().requires_grad_(False), "step": 0, "seed": seed,
-            "opt": make_optimizer(g, 2e-3), "history": []}
+    g = Generator.from_config(config)
+    if sharpness:
+        set_threshold_layers(g.style, sharpness)
+    encoder = CodeEncoder(config.style_dim)
+    return {"g": g, "g_ema": copy.deepcopy(g).eval().requires_grad_(False), "encoder": encoder, "step": 0,
+            "seed": seed, "opt": make_optimizer(g, encoder, 2e-3), "history": [], "sharpness": sharpness}
 
 
-def make_optimizer(g: Generator, lr: float) -> torch.optim.Optimizer:
-    """Adam with the mapping network at MAPPING_LR_BOOST x the base rate.
+def make_optimizer(g: Generator, encoder: CodeEncoder, lr: float) -> torch.optim.Optimizer:
+    """Adam with the mapping network at MAPPING_LR_BOOST x the base rate (frozen parameters left out).
 
     StyleGAN2's mapping layers scale their weights by lr_mul = 0.01 (stored weights are 100x larger), which slows
-    their learning 100-fold, a choice made for adversarial stability. Regression has no such instability, and
-    every bit of attribute information must pass through the mapping, so it learns at the synthesis' pace.
+    their learning 100-fold, a choice made for adversarial stability. Regression has no such instability.
     """
-    mapping = [p for name, p in g.named_parameters() if name.startswith("style.")]
+    mapping = [p for name, p in g.named_parameters() if name.startswith("style.") and p.requires_grad]
     rest = [p for name, p in g.named_parameters() if not name.startswith("style.")]
-    return torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": mapping, "lr_scale": MAPPING_LR_BOOST}],
-                            lr=lr, betas=(0.9, 0.99))
+    return torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": mapping, "lr_scale": MAPPING_LR_BOOST},
+                             {"params": list(encoder.parameters()), "lr_scale": 1.0}], lr=lr, betas=(0.9, 0.99))
 
 
 def save_state(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"g": state["g"].state_dict(), "g_ema": state["g_ema"].state_dict(),
-                "opt": state["opt"].state_dict(), "step": state["step"], "seed": state["seed"],
-                "config": CONFIG.to_dict(), "history": state["history"]}, tmp)
+                "encoder": state["encoder"].state_dict(), "opt": state["opt"].state_dict(), "step": state["step"],
+                "seed": state["seed"], "config": state["g"].config.to_dict(), "history": state["history"],
+                "sharpness": state["sharpness"]}, tmp)
     tmp.replace(path)
 
 
 def load_state(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = make_state(int(ckpt["seed"]))
+    if "encoder" not in ckpt:
+        raise SystemExit(f"{path} was written by the older end-to-end trainer; start over with --restart")
+    state = make_state(int(ckpt["seed"]), GeneratorConfig.from_dict(ckpt["config"]), float(ckpt.get("sharpness", 0)))
     state["g"].load_state_dict(ckpt["g"])
     state["g_ema"].load_state_dict(ckpt["g_ema"])
+    state["encoder"].load_state_dict(ckpt["encoder"])
     state["opt"].load_state_dict(ckpt["opt"])
     state["step"], state["history"] = int(ckpt["step"]), list(ckpt["history"])
     return state
 
 
 def warm_start(export_path: Path, seed: int) -> dict:
-    """A new session has no runs/ folder (it is not committed): continue from the shipped fp16 weights and their
-    recorded step. The optimizer moments restart; the schedule continues where it was."""
+    """A new session has no runs/ folder (it is not committed): continue from an fp16 export (with the code
+    encoder stored beside it) and its recorded step. The optimizer moments restart."""
     ckpt = torch.load(export_path, map_location="cpu", weights_only=True)
-    state = make_state(seed)
+    if "code_encoder" not in ckpt:
+        raise SystemExit(f"{export_path} has no code encoder (older trainer); start over with --restart")
+    state = make_state(seed, GeneratorConfig.from_dict(ckpt["config"]), float(ckpt.get("threshold_sharpness", 0)))
     weights = {k: v.float() for k, v in ckpt["g_ema"].items()}
     state["g"].load_state_dict(weights, strict=False)
     state["g_ema"].load_state_dict(weights, strict=False)
+    state["encoder"].load_state_dict({k: v.float() for k, v in ckpt["code_encoder"].items()})
     state["step"] = int(ckpt.get("train_step", 0))
-    print(json.dumps({"warm_start": str(export_path), "step": state["step"]}), flush=True)
+    print(json.dumps({"warm_start": str(export_path), "step": state["step"], "n_mlp": state["g"].config.n_mlp,
+                      "sharpness": state["sharpness"]}), flush=True)
     return state
 
 
 @torch.no_grad()
 def export(state: dict, path: Path, n_avg: int = 20_000) -> None:
-    """Writes the EMA generator (fp16) with latent_avg, the mean w over n_avg z."""
+    """Writes the EMA generator (fp16) with latent_avg, the mean w over n_avg z, and the code encoder."""
     g = state["g_ema"]
-    z = torch.from_numpy(np.random.RandomState(123).randn(n_avg, CONFIG.style_dim).astype(np.float32))
-    g.latent_avg.copy_(g.mapping(z).mean(0))
-    save_generator(g, path, half=True, extra={"train_step": state["step"]})
+    z = torch.from_numpy(np.random.RandomState(123).randn(n_avg, g.style_dim).astype(np.float32))
+    g.latent_avg.copy_(g.mapping(z.to(g.latent_avg.device)).mean(0))
+    encoder = {k: v.detach().half().cpu() for k, v in state["encoder"].state_dict().items()}
+    save_generator(g, path, half=True, extra={"train_step": state["step"], "code_encoder": encoder,
+                                              "threshold_sharpness": state["sharpness"]})
+
+
+def _load_or_start(args: argparse.Namespace) -> dict:
+    state_path, init = Path(args.state), Path(args.init or args.export)
+    if state_path.is_file() and not args.restart:
+        return load_state(state_path)
+    if init.is_file() and not args.restart:
+        return warm_start(init, args.seed)
+    return make_state(args.seed, sharpness=args.sharpness)
 
 
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    state_path = Path(args.state)
-    if state_path.is_file() and not args.restart:
-        state = load_state(state_path)
-    elif Path(args.export).is_file() and not args.restart:
-        state = warm_start(Path(args.export), args.seed)
-    else:
-        state = make_state(args.seed)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    state = _load_or_start(args)
     if args.export_only:
         export(state, Path(args.export))
         return
-    g, g_ema, opt = state["g"], state["g_ema"], state["opt"]
+    stream = batches(functools.partial(make_batch, state["seed"], args.batch, CONFIG.size), state["step"],
+                     args.workers)
+    g, g_ema, encoder = state["g"].to(device), state["g_ema"].to(device), state["encoder"].to(device)
+    opt = state["opt"]
+    opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
+    state_path = Path(args.state)
     t_start, last_save, start_step = time.time(), time.time(), state["step"]
-    running = None
-    while state["step"] < args.steps:
+    total, running, parts = args.steps, None, {}
+    budget = StepBudget(args.steps, args.minutes, start_step)
+    while state["step"] < total:
         step = state["step"]
-        rng = np.random.default_rng([state["seed"], step])
-        z = rng.standard_normal((args.batch, CONFIG.style_dim)).astype(np.float32)
-        target = target_batch(z, CONFIG.size)
+        total = budget.update(step)
+        z, image, code = next(stream)
+        z, code = torch.from_numpy(z).to(device), torch.from_numpy(code).to(device)
+        target = to_img(torch.from_numpy(image).to(device))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * group.get("lr_scale", 1.0)
-        loss = distillation_loss(g(torch.from_numpy(z)), target)
+            group["lr"] = lr_at(step, total, args.lr, args.warmup) * group.get("lr_scale", 1.0)
+        if args.mode == "e2e":
+            pixel = distillation_loss(g(z), target)
+            loss, parts_now = pixel, {"pixel": pixel.item()}
+        else:
+            loss, parts_now = training_loss(g, encoder, z, code, target, mix_fraction(step, total))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for p_ema, p in zip(g_ema.parameters(), g.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(g_ema.parameters()), list(g.parameters()), 1 - decay)
         state["step"] = step + 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        parts = {k: round(v if k not in parts else 0.98 * parts[k] + 0.02 * v, 5) for k, v in parts_now.items()}
         if state["step"] % args.log_every == 0:
             rate = (state["step"] - start_step) / (time.time() - t_start)
-            eta = (args.steps - state["step"]) / max(rate, 1e-9)
+            eta = (total - state["step"]) / max(rate, 1e-9)
             state["history"].append([state["step"], round(running, 5)])
-            print(json.dumps({"step": state["step"], "loss": round(running, 5), "lr": round(lr_at(step, args.steps,
-                  args.lr, args.warmup), 6), "steps_per_s": round(rate, 3), "eta_min": round(eta / 60, 1)}), flush=True)
-        if time.time() - last_save > args.save_minutes * 60 or state["step"] == args.steps:
+            print(json.dumps({"step": state["step"], "loss": round(running, 5), **parts,
+                              "lr": round(lr_at(step, total, args.lr, args.warmup), 6),
+                              "steps_per_s": round(rate, 3), "eta_min": round(eta / 60, 1)}), flush=True)
+        if time.time() - last_save > args.save_minutes * 60 or state["step"] >= total:
             save_state(state, state_path)
             export(state, Path(args.export), n_avg=5000)
             last_save = time.time()
@@ -169,16 +263,26 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="time budget: sets --steps to what fits, from the rate after 60 steps (0 = use --steps)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
     p.add_argument("--state", default=str(DEFAULT_STATE), help="training state (resumed when present)")
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="where the shipped fp16 generator goes")
+    p.add_argument("--init", default="", help="export to continue from when there is no state (default: --export)")
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--mode", choices=("code", "e2e"), default="code",
+                   help="code: synthesis from the attribute code's w, mapping regressed onto it (first stage); "
+                        "e2e: plain pixel distillation of G(z) (fine-tuning after fit_mapping)")
+    p.add_argument("--sharpness", type=float, default=0.0,
+                   help="fresh runs: build the mapping's first layers as threshold detectors of this sharpness")
     p.add_argument("--restart", action="store_true", help="ignore an existing state")
     p.add_argument("--export-only", action="store_true")
     train(p.parse_args(argv))

@@ -1,0 +1,33 @@
+"""Turns a wall-clock budget into a step count, so a run on a short GPU loan still ends its schedule."""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+class StepBudget:
+    """The total step count of a run: `steps`, or, with `minutes` > 0, what fits in the budget.
+
+    The rate is measured between `start_step + settle` and `start_step + settle + window` (the first steps pay
+    for start-up and drain the prefetched batches, so they would overstate or understate the rate); from then
+    on the total is fixed and printed, and `--steps` with that number reproduces the run.
+    """
+
+    def __init__(self, steps: int, minutes: float, start_step: int, settle: int = 20, window: int = 40):
+        self.total, self.minutes, self.start_step = steps, minutes, start_step
+        self.settle, self.window = settle, window
+        self._t0, self._t_settle = time.time(), None
+
+    def update(self, step: int) -> int:
+        """Call once per step, before using the total; returns the current total."""
+        if not self.minutes:
+            return self.total
+        if step == self.start_step + self.settle:
+            self._t_settle = time.time()
+        elif self._t_settle is not None and step == self.start_step + self.settle + self.window:
+            now = time.time()
+            rate = self.window / (now - self._t_settle)
+            self.total = step + 1 + int(rate * max(0.0, self.minutes * 60 - (now - self._t0)))
+            print(json.dumps({"steps_for_budget": self.total, "steps_per_s": round(rate, 3)}), flush=True)
+        return self.total

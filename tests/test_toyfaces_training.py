@@ -1,0 +1,176 @@
+"""Smoke runs of the embedded models' trainers, and the pieces they share (prefetching, time budgets)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from styleclip.models.clip_model import ClipModel
+from styleclip.models.generator_io import load_generator
+from styleclip.toyfaces import budget as budget_module
+from styleclip.toyfaces import fit_mapping, train_clip, train_generator, z_layout
+from styleclip.toyfaces.attributes import ATTRIBUTES
+from styleclip.toyfaces.budget import StepBudget
+from styleclip.toyfaces.prefetch import batches
+from tests.conftest import make_tiny_generator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _square_plus(offset: int, step: int) -> int:
+    return step * step + offset
+
+
+def test_prefetched_batches_arrive_in_step_order_as_inline():
+    make = functools.partial(_square_plus, 7)
+    inline = [b for _, b in zip(range(6), batches(make, 3, workers=0))]
+    stream = batches(make, 3, workers=2)
+    pooled = [next(stream) for _ in range(6)]
+    stream.close()
+    assert pooled == inline == [s * s + 7 for s in range(3, 9)]
+
+
+def test_step_budget_fixes_the_total_from_the_measured_rate(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(budget_module.time, "time", lambda: clock[0])
+    b = StepBudget(steps=50_000, minutes=1.0, start_step=100, settle=2, window=4)
+    totals = []
+    for step in range(100, 108):
+        totals.append(b.update(step))
+        clock[0] += 0.5  # 2 steps per second
+    # 4 steps measured in 2 s at step 106, 3 s of the 60 s spent: (60 - 3) s x 2 steps/s more.
+    assert totals[:6] == [50_000] * 6
+    assert totals[6] == 106 + 1 + 114
+    assert StepBudget(steps=9, minutes=0, start_step=0).update(5) == 9
+
+
+def test_z_layout_reads_the_pixel_normalised_z_and_keeps_the_renderers_probabilities():
+    z = np.random.default_rng(0).standard_normal((4000, 128))
+    # The mapping sees z / |z|.
+    np.testing.assert_allclose(z_layout.attribute_code(z_layout.params_of_z(z[0])),
+                               z_layout.attribute_code(z_layout.params_of_z(3.0 * z[0])), atol=1e-6)
+    faces = [z_layout.params_of_z(row) for row in z]
+    for attr in ATTRIBUTES:
+        if attr.kind == "discrete":
+            freq = np.array([sum(getattr(f, attr.name) == v for f in faces) for v in attr.values]) / len(faces)
+            assert np.abs(freq - np.array(attr.probs)).max() < 0.03, attr.name
+    with pytest.raises(ValueError, match="needs >= 53"):
+        z_layout.params_of_z(z[0, :20])
+
+
+def test_attribute_code_one_hot_layout():
+    z = np.random.default_rng(1).standard_normal(128)
+    params = z_layout.params_of_z(z)
+    code = z_layout.attribute_code(params)
+    assert code.shape == (z_layout.CODE_DIM,)
+    offset = 0
+    for attr in ATTRIBUTES:
+        if attr.kind == "discrete":
+            block = code[offset:offset + len(attr.values)]
+            assert block.sum() == 1 and block[attr.index(getattr(params, attr.name))] == 1
+            offset += len(attr.values)
+        else:
+            assert code[offset] == pytest.approx(getattr(params, attr.name))
+            offset += 1
+    assert np.all((code[offset:] > 0) & (code[offset:] < 1))  # nuisances scaled over their ranges
+
+
+def test_threshold_layers_detect_every_split_of_the_layout():
+    g = make_tiny_generator(size=8, style_dim=128)
+    z_layout.set_threshold_layers(g.style, sharpness=30.0)
+    assert not g.style[1].weight.requires_grad and not g.style[2].weight.requires_grad
+    z = torch.randn(512, 128)
+    with torch.no_grad():
+        features = g.style[:3](z)  # pixel norm, threshold layer, step layer
+    u = z / z.pow(2).mean(1, keepdim=True).sqrt()
+    splits = [split for entry in z_layout.Z_LAYOUT.values() if isinstance(entry, list) for split in entry]
+    for i, split in enumerate(splits):
+        margin = (u[:, split.dim] - split.threshold).abs() > 0.1  # outside the 1/K transition
+        above = u[:, split.dim] >= split.threshold
+        assert torch.equal((features[:, i] > 0)[margin], above[margin]), i
+        high = features[margin & above, i]
+        assert torch.allclose(high, torch.full_like(high, 0.4 * 2.5 * math.sqrt(2)), atol=1e-4), i
+
+
+def test_generator_training_steps_lower_the_loss_on_a_fixed_batch():
+    state = train_generator.make_state(seed=0)
+    g, encoder, opt = state["g"], state["encoder"], state["opt"]
+    z, image, code = train_generator.make_batch(0, 4, train_generator.CONFIG.size, step=0)
+    z, code, target = torch.from_numpy(z), torch.from_numpy(code), train_generator.to_img(image)
+    for group in opt.param_groups:
+        group["lr"] = 2e-3 * group["lr_scale"]
+    losses = []
+    for _ in range(6):
+        loss, parts = train_generator.training_loss(g, encoder, z, code, target, mix=0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        assert set(parts) == {"pixel", "mapping"}
+    assert losses[-1] < losses[0]
+
+
+def test_mix_fraction_schedule():
+    assert train_generator.mix_fraction(0, 100) == 0
+    assert train_generator.mix_fraction(30, 100) == 0
+    assert train_generator.mix_fraction(50, 100) == pytest.approx(0.25)
+    assert train_generator.mix_fraction(100, 100) == train_generator.MIX_MAX
+
+
+def test_generator_trainer_smoke_run_exports_and_resumes(tmp_path, capsys):
+    state, export = tmp_path / "state.pt", tmp_path / "generator.pt"
+    common = ["--batch", "2", "--log-every", "1", "--state", str(state), "--export", str(export)]
+    train_generator.main(["--restart", "--steps", "2", *common])
+    g = load_generator(export)
+    assert g.size == train_generator.CONFIG.size and g.style_dim == train_generator.CONFIG.style_dim
+    assert torch.load(export, weights_only=True)["train_step"] == 2
+    capsys.readouterr()
+    train_generator.main(["--steps", "3", *common])  # resumes from the state
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [entry["step"] for entry in logged if "step" in entry] == [3]
+    # A fresh clone has no state: it continues from the export (and its code encoder).
+    state.unlink()
+    train_generator.main(["--steps", "4", *common])
+    assert "warm_start" in capsys.readouterr().out
+    assert torch.load(export, weights_only=True)["train_step"] == 4
+
+
+def test_clip_trainer_smoke_run_exports_a_loadable_clip(tmp_path):
+    state, export = tmp_path / "state.pt", tmp_path / "clip.pt"
+    train_clip.main(["--restart", "--steps", "2", "--batch", "4", "--log-every", "1", "--state", str(state),
+                     "--export", str(export)])
+    ckpt = torch.load(export, weights_only=True)
+    assert ckpt["train_step"] == 2
+    features = ClipModel.load(export).encode_text(["a smiling face"])
+    assert features.shape[-1] == train_clip.MODEL_KWARGS["embed_dim"]
+
+
+def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():
+    encoder = train_generator.CodeEncoder(128)
+    z, code = (torch.from_numpy(a) for a in fit_mapping.code_pool(64, seed=3))
+    exact = fit_mapping.agreement(lambda _: encoder(code), encoder, z, code)
+    assert set(exact) == {a.name for a in ATTRIBUTES if a.kind == "discrete"}
+    assert all(v == 1.0 for v in exact.values())
+    shuffled = fit_mapping.agreement(lambda _: encoder(code.flip(0)), encoder, z, code)
+    assert min(shuffled.values()) < 0.9
+
+
+def test_fit_mapping_smoke_run_builds_frozen_thresholds_and_records_the_fit(tmp_path):
+    export, out = tmp_path / "generator.pt", tmp_path / "fitted.pt"
+    train_generator.main(["--restart", "--steps", "1", "--batch", "2", "--state", str(tmp_path / "s.pt"),
+                          "--export", str(export)])
+    fit_mapping.main(["--generator", str(export), "--out", str(out), "--steps", "3", "--pool", "256",
+                      "--batch", "32", "--sharpness", "30", "--n-mlp", "5", "--log-every", "1"])
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["threshold_sharpness"] == 30.0 and ckpt["mapping_fit"]["steps"] == 3
+    assert "code_encoder" in ckpt and ckpt["train_step"] == 1
+    g = load_generator(out)
+    assert g.config.n_mlp == 5
+    # The stored first layers are the threshold detectors, which a warm start freezes again.
+    state = train_generator.warm_start(out, seed=0)
+    assert state["sharpness"] == 30.0 and not state["g"].style[1].weight.requires_grad

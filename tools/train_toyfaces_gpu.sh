@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Trains the embedded generator and the small CLIP side by side on one GPU within a wall-clock budget (a short
+# GPU loan); renders come from CPU worker processes (half the cores each).
+#
+#   tools/train_toyfaces_gpu.sh OUTDIR [MINUTES]
+#
+# Generator stage, by G_INIT:
+#   unset     stage 1: from scratch, synthesis from the attribute code (train_generator --mode code)
+#   a file    stage 3: end-to-end pixel distillation of G(z) from that export (--mode e2e), normally the output
+#             of stage 2, `python -m styleclip.toyfaces.fit_mapping` on a CPU
+# CLIP continues from CLIP_INIT (default: the shipped weights), half of each batch in contrast groups.
+# Writes OUTDIR/{generator.pt,clip.pt,generator.log,clip.log}; each log names the step count the budget allowed,
+# and `--steps N` with that count reproduces the run on any device.
+set -u
+OUTDIR=${1:?usage: $0 OUTDIR [MINUTES]}
+MINUTES=${2:-7}
+DEVICE=${DEVICE:-cuda}
+CLIP_INIT=${CLIP_INIT:-assets/toyfaces/clip.pt}
+STATEDIR=${STATEDIR:-$OUTDIR}  # training states (large: keep them out of a size-limited OUTDIR)
+CPUS=$(nproc)
+mkdir -p "$OUTDIR" "$STATEDIR"
+export PYTHONUNBUFFERED=1 STYLECLIP_OPS_IMPL=ref
+if [ -z "${G_INIT:-}" ]; then
+  G_ARGS=(--restart --mode code --steps 20000 --ema 0.998 --warmup 300)
+else
+  G_ARGS=(--init "$G_INIT" --mode e2e --steps 40000 --ema 0.998)
+fi
+python3 -m styleclip.toyfaces.train_generator "${G_ARGS[@]}" --device "$DEVICE" --workers $((CPUS / 2)) \
+  --batch 64 --minutes "$MINUTES" --log-every 200 --save-minutes 2 \
+  --state "$STATEDIR/generator_state.pt" --export "$OUTDIR/generator.pt" >"$OUTDIR/generator.log" 2>&1 &
+python3 -m styleclip.toyfaces.train_clip --device "$DEVICE" --workers $((CPUS / 2 - 2)) --batch 256 \
+  --minutes "$MINUTES" --steps 8000 --log-every 50 --save-minutes 2 --init "$CLIP_INIT" --group-frac 0.5 \
+  --state "$STATEDIR/clip_state.pt" --export "$OUTDIR/clip.pt" >"$OUTDIR/clip.log" 2>&1 &
+wait
+tail -n 3 "$OUTDIR/generator.log" "$OUTDIR/clip.log"
