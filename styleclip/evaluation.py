@@ -463,8 +463,10 @@ def _summarise(rows: tuple[EditRow, ...], seeds: tuple[int, ...], label: str) ->
 class _GlobalDirectionsEdit:
     """edit_fn for global directions: s_of_seed + alpha·Δs(beta), beta from auto_beta when None."""
 
-    def __init__(self, loaded: LoadedModel, alpha: float, beta: float | None):
+    def __init__(self, loaded: LoadedModel, alpha: float, beta: float | None,
+                 source_s: Callable[[int], list[torch.Tensor]] | None = None):
         self.loaded, self.alpha, self.beta = loaded, float(alpha), beta
+        self.source_s = source_s or loaded.s_of_seed
         self.engine = loaded.engine()  # raises MissingStatisticsError (a ValueError) before any work
 
     def beta_for(self, spec: EditSpec) -> float:
@@ -477,9 +479,7 @@ class _GlobalDirectionsEdit:
 
         beta = self.beta_for(spec)
         try:
-            return self.engine.edit(
-                self.loaded.s_of_seed(seed), spec.neutral, spec.target, self.alpha, beta
-            ).img
+            return self.engine.edit(self.source_s(seed), spec.neutral, spec.target, self.alpha, beta).img
         except NoChannelsError as exc:
             raise EditFailed(
                 f"no channel passes beta={beta:.2f} (suggested {exc.suggested_beta:.2f})"
@@ -496,7 +496,8 @@ class _GlobalDirectionsEdit:
         return f"beta={beta:.2f}, {channels} channels"
 
 
-def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float | None = None) -> EditFn:
+def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float | None = None,
+                           source_s: Callable[[int], list[torch.Tensor]] | None = None) -> EditFn:
     """edit_fn for the global-direction engine.
 
     Args:
@@ -504,11 +505,13 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
         alpha: strength (the app's default 4.1).
         beta: disentanglement threshold; None picks it per text pair with the engine's auto_beta and the bundle's
             channel floor, as the app does.
+        source_s: source_s(seed) -> the S code (list of [1, dim_l]) to edit; default the seed's generated face
+            (`loaded.s_of_seed`). Inverted photos pass their own.
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R]; a pair with no channel at beta raises EditFailed.
     """
-    return _GlobalDirectionsEdit(loaded, alpha, beta)
+    return _GlobalDirectionsEdit(loaded, alpha, beta, source_s)
 
 
 class _MapperEdit:

@@ -13,12 +13,14 @@ from styleclip.evaluation import (
     EditSpec,
     evaluate_edits,
     format_report,
+    global_directions_edit,
     mapper_paths_in,
 )
 from styleclip.studio import seed_to_z
 from styleclip.toyfaces.attributes import attribute
 from styleclip.toyfaces.classifier import DEFAULT_PATH, load_classifier, to_img
-from styleclip.toyfaces.renderer import NUM_PARAMS, FaceParams, params_from_normal, render, set_attribute
+from styleclip.toyfaces.renderer import FaceParams, render, set_attribute
+from styleclip.toyfaces.z_layout import params_of_z
 
 torch.set_num_threads(1)
 
@@ -32,9 +34,9 @@ pytestmark = pytest.mark.skipif(not DEFAULT_PATH.exists(), reason="no shipped cl
 
 
 def _params(seed: int) -> FaceParams:
-    # The embedded generator is distilled as G(z) ≈ render(params_from_normal(z[:NUM_PARAMS])) and sources use
-    # numpy RandomState(seed) z (truncation 1 for toyfaces); randn draws in order, so a shorter z is a prefix.
-    return params_from_normal(seed_to_z(seed, NUM_PARAMS)[0].double().numpy())
+    # The face the embedded generator is distilled to draw for the seed's z (numpy RandomState(seed), 128-d,
+    # truncation 1 for toyfaces): a stand-in for its sample.
+    return params_of_z(seed_to_z(seed, 128)[0].double().numpy())
 
 
 def _img(params: FaceParams) -> torch.Tensor:
@@ -171,3 +173,15 @@ def test_bad_arguments(classifier):
         evaluate_edits(
             None, classifier, lambda spec, seed: _source(seed)[0], SPECS[:1], SEEDS, source_fn=_source
         )
+
+
+def test_global_directions_edit_edits_the_given_source_code():
+    """The edit of a seed, and the same edit applied to another S code passed as the source (an inverted photo)."""
+    from styleclip.studio import Studio
+
+    loaded = Studio().model("toyfaces")
+    spec = next(s for s in BENCHMARK_EDITS if s.name == "purple background")
+    default = global_directions_edit(loaded, alpha=4.1, beta=0.15)
+    swapped = global_directions_edit(loaded, alpha=4.1, beta=0.15, source_s=lambda seed: loaded.s_of_seed(seed + 1))
+    torch.testing.assert_close(swapped(spec, 3), default(spec, 4))
+    assert not torch.allclose(swapped(spec, 3), default(spec, 3))

@@ -6,7 +6,7 @@
 Each mapper is trained by the ordinary `train-mapper` command on the edit's target text (so a user's own
 training from the app or CLI gets the same recipe) and written to `assets/mappers/<model>/<name>.pt`, the file
 name the app lists and `evaluation.mapper_paths_in` finds. An existing file is resumed, which makes a rerun after
-an interruption cheap. Seeded; one process per mapper, one CPU thread each.
+an interruption cheap. Seeded; one process per mapper, one CPU thread each; logs in runs/mappers/.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ..evaluation import BENCHMARK_EDITS
 from ..models.model_zoo import mappers_dir
+
+LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training logs stay out of assets/
 
 
 def command(model: str, text: str, out: Path, steps: int, seed: int) -> list[str]:
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def run(spec) -> tuple[str, int, float]:
         out = folder / f"{spec.name.replace(' ', '_')}.pt"
-        log = out.with_suffix(".log")
+        log = LOG_DIR / args.model / f"{out.stem}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(log, "w") as fh:
             rc = subprocess.call(command(args.model, spec.target, out, args.steps, args.seed), stdout=fh,

@@ -1,0 +1,126 @@
+"""Inversion of fresh renderer faces ("photos" the generator never produced) into the embedded model, and edits of
+the inverted faces (issue: real photos).
+
+    python benchmarks/bench_inversion.py [--n 50] [--steps 150] [--edit-seeds 20] [--json]
+
+For faces 0 … n-1 of the app's "fresh face" button (Studio.fresh_render: the renderer at
+RandomState(PHOTO_SEED_OFFSET + i)), it inverts each render with the app's settings and reports:
+- PSNR of the reconstruction (dB) and seconds per face;
+- attribute agreement: the attribute classifier's label on the reconstruction equals the render's true label,
+  over visible attributes (the bar: >= 90%); the classifier's own accuracy on the renders is printed beside it;
+- with --edit-seeds K: the global-directions edit benchmark on the first K inverted faces and on generated
+  seeds 0 … K-1, same edits and settings (success on inverted faces within 10 points of generated ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from styleclip.engines.inversion import invert
+from styleclip.evaluation import evaluate_edits, global_directions_edit
+from styleclip.studio import INVERT_STEPS_DEFAULT, PHOTO_SEED_OFFSET, Studio
+from styleclip.toyfaces.attributes import ATTRIBUTES
+from styleclip.toyfaces.classifier import load_classifier, to_img
+from styleclip.toyfaces.dataset import labels_array, observable_array
+from styleclip.toyfaces.renderer import NUM_PARAMS, params_from_normal
+
+
+def fresh_params(i: int):
+    """The face of Studio.fresh_render(model, i)."""
+    return params_from_normal(np.random.RandomState(i + PHOTO_SEED_OFFSET).randn(NUM_PARAMS))
+
+
+def attribute_agreement(classifier, images: np.ndarray, params: list) -> dict[str, float]:
+    """Per discrete attribute: share of visible faces whose predicted label is the true one."""
+    with torch.inference_mode():
+        probs = classifier.predict(to_img(images))
+    truth, visible = labels_array(params), observable_array(params)
+    return {a.name: float((probs[a.name].argmax(1).numpy() == truth[a.name])[visible[a.name]].mean())
+            for a in ATTRIBUTES if a.kind == "discrete"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toyfaces")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--steps", type=int, default=INVERT_STEPS_DEFAULT)
+    p.add_argument("--edit-seeds", type=int, default=0, help="faces for the edit comparison (0: skip it)")
+    p.add_argument("--alpha", type=float, default=4.1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    studio = Studio()
+    loaded = studio.model(args.model)
+    classifier = load_classifier()
+
+    renders, recons, w_plus, psnr, seconds = [], [], [], [], []
+    for i in range(args.n):
+        image = studio.fresh_render(args.model, i)
+        t0 = time.perf_counter()
+        target = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        result = invert(loaded.generator, loaded.clip, target, steps=args.steps)
+        seconds.append(time.perf_counter() - t0)
+        renders.append(image)
+        recons.append(((result.img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+        w_plus.append(result.w_plus.detach())
+        psnr.append(float(result.psnr))
+        print(f"face {i}: PSNR {psnr[-1]:.2f} dB in {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+    params = [fresh_params(i) for i in range(args.n)]
+    recon_agree = attribute_agreement(classifier, np.stack(recons), params)
+    render_agree = attribute_agreement(classifier, np.stack(renders), params)
+    report = {
+        "model": loaded.name, "n": args.n, "steps": args.steps,
+        "psnr_mean": round(float(np.mean(psnr)), 2), "psnr_min": round(float(np.min(psnr)), 2),
+        "seconds_per_face": round(float(np.mean(seconds)), 2),
+        "agreement_mean": round(float(np.mean(list(recon_agree.values()))), 4),
+        "agreement_min": round(float(min(recon_agree.values())), 4),
+        "agreement": {k: round(v, 4) for k, v in recon_agree.items()},
+        "classifier_on_renders": {k: round(v, 4) for k, v in render_agree.items()},
+    }
+    if args.edit_seeds:
+        k = min(args.edit_seeds, args.n)
+        seeds = tuple(range(k))
+        inverted_s = {i: [s.detach() for s in loaded.generator.w_plus_to_s(w_plus[i])] for i in seeds}
+
+        def inverted_source(seed: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return loaded.generator.synthesis_w_plus(w_plus[seed])
+
+        on_inverted = evaluate_edits(None, classifier, global_directions_edit(loaded, args.alpha,
+                                     source_s=inverted_s.__getitem__), seeds=seeds, source_fn=inverted_source)
+        on_generated = evaluate_edits(loaded, classifier, global_directions_edit(loaded, args.alpha), seeds=seeds)
+        report["edits"] = {
+            "seeds": k,
+            "success_inverted": round(on_inverted.success, 4),
+            "success_generated": round(on_generated.success, 4),
+            "preservation_inverted": round(on_inverted.preservation, 4),
+            "preservation_generated": round(on_generated.preservation, 4),
+        }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"Inversion of {args.n} fresh renders into {loaded.name} ({args.steps} steps each):")
+    print(f"PSNR mean {report['psnr_mean']} dB (min {report['psnr_min']}), {report['seconds_per_face']} s per face")
+    print(f"attribute agreement: mean {report['agreement_mean']:.1%}, min {report['agreement_min']:.1%}")
+    print("| attribute | reconstruction | classifier on the renders |\n|---|---:|---:|")
+    for name, value in recon_agree.items():
+        print(f"| {name} | {value:.1%} | {render_agree[name]:.1%} |")
+    if "edits" in report:
+        e = report["edits"]
+        print(f"edits (global directions, {e['seeds']} faces): success inverted {e['success_inverted']:.1%} vs "
+              f"generated {e['success_generated']:.1%}; preservation {e['preservation_inverted']:.1%} vs "
+              f"{e['preservation_generated']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
