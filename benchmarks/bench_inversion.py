@@ -48,6 +48,16 @@ def attribute_agreement(classifier, images: np.ndarray, params: list) -> dict[st
             for a in ATTRIBUTES if a.kind == "discrete"}
 
 
+def _read_cache(path: str, generator_sha256: str, steps: int, n: int):
+    """The cached inversions if `path` holds them for this generator, step count and at least n faces."""
+    if not path or not Path(path).is_file():
+        return None
+    data = np.load(path)
+    if str(data["generator_sha256"]) != generator_sha256 or int(data["steps"]) != steps or len(data["psnr"]) < n:
+        return None
+    return {k: data[k][:n] for k in ("w_plus", "recons", "psnr", "seconds")}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyfaces")
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--edit-seeds", type=int, default=0, help="faces for the edit comparison (0: skip it)")
     p.add_argument("--alpha", type=float, default=4.1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", default="", help="npz of inverted latents: reused when it matches, else written")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,18 +74,25 @@ def main(argv: list[str] | None = None) -> None:
     loaded = studio.model(args.model)
     classifier = load_classifier()
 
-    renders, recons, w_plus, psnr, seconds = [], [], [], [], []
-    for i in range(args.n):
-        image = studio.fresh_render(args.model, i)
-        t0 = time.perf_counter()
-        target = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-        result = invert(loaded.generator, loaded.clip, target, steps=args.steps)
-        seconds.append(time.perf_counter() - t0)
-        renders.append(image)
-        recons.append(((result.img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
-        w_plus.append(result.w_plus.detach())
-        psnr.append(float(result.psnr))
-        print(f"face {i}: PSNR {psnr[-1]:.2f} dB in {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+    renders = [studio.fresh_render(args.model, i) for i in range(args.n)]
+    cached = _read_cache(args.cache, loaded.generator_sha256, args.steps, args.n)
+    if cached is None:
+        recons, w_plus, psnr, seconds = [], [], [], []
+        for i, image in enumerate(renders):
+            t0 = time.perf_counter()
+            target = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+            result = invert(loaded.generator, loaded.clip, target, steps=args.steps)
+            seconds.append(time.perf_counter() - t0)
+            recons.append(((result.img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+            w_plus.append(result.w_plus.detach())
+            psnr.append(float(result.psnr))
+            print(f"face {i}: PSNR {psnr[-1]:.2f} dB in {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+        if args.cache:
+            np.savez(args.cache, w_plus=torch.cat(w_plus).numpy(), recons=np.stack(recons), psnr=np.array(psnr),
+                     seconds=np.array(seconds), generator_sha256=loaded.generator_sha256, steps=args.steps)
+    else:
+        w_plus = [torch.from_numpy(w)[None] for w in cached["w_plus"]]
+        recons, psnr, seconds = list(cached["recons"]), list(cached["psnr"]), list(cached["seconds"])
     params = [fresh_params(i) for i in range(args.n)]
     recon_agree = attribute_agreement(classifier, np.stack(recons), params)
     render_agree = attribute_agreement(classifier, np.stack(renders), params)
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.edit_seeds:
         k = min(args.edit_seeds, args.n)
         seeds = tuple(range(k))
-        inverted_s = {i: [s.detach() for s in loaded.generator.w_plus_to_s(w_plus[i])] for i in seeds}
+        with torch.inference_mode():
+            inverted_s = {i: loaded.generator.s_to_flat(loaded.generator.w_plus_to_s(w_plus[i])) for i in seeds}
 
         def inverted_source(seed: int) -> torch.Tensor:
             with torch.inference_mode():

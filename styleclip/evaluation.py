@@ -464,7 +464,7 @@ class _GlobalDirectionsEdit:
     """edit_fn for global directions: s_of_seed + alpha·Δs(beta), beta from auto_beta when None."""
 
     def __init__(self, loaded: LoadedModel, alpha: float, beta: float | None,
-                 source_s: Callable[[int], list[torch.Tensor]] | None = None):
+                 source_s: Callable[[int], torch.Tensor] | None = None):
         self.loaded, self.alpha, self.beta = loaded, float(alpha), beta
         self.source_s = source_s or loaded.s_of_seed
         self.engine = loaded.engine()  # raises MissingStatisticsError (a ValueError) before any work
@@ -497,7 +497,7 @@ class _GlobalDirectionsEdit:
 
 
 def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float | None = None,
-                           source_s: Callable[[int], list[torch.Tensor]] | None = None) -> EditFn:
+                           source_s: Callable[[int], torch.Tensor] | None = None) -> EditFn:
     """edit_fn for the global-direction engine.
 
     Args:
@@ -505,7 +505,7 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
         alpha: strength (the app's default 4.1).
         beta: disentanglement threshold; None picks it per text pair with the engine's auto_beta and the bundle's
             channel floor, as the app does.
-        source_s: source_s(seed) -> the S code (list of [1, dim_l]) to edit; default the seed's generated face
+        source_s: source_s(seed) -> the flat S code [1, s_dim] to edit; default the seed's generated face
             (`loaded.s_of_seed`). Inverted photos pass their own.
 
     Returns:

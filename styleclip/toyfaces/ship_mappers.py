@@ -4,9 +4,10 @@
     python -m styleclip.toyfaces.ship_mappers --only smiling "blond hair" --steps 1500
 
 Each mapper is trained by the ordinary `train-mapper` command on the edit's target text (so a user's own
-training from the app or CLI gets the same recipe) and written to `assets/mappers/<model>/<name>.pt`, the file
-name the app lists and `evaluation.mapper_paths_in` finds. An existing file is resumed, which makes a rerun after
-an interruption cheap. Seeded; one process per mapper, one CPU thread each; logs in runs/mappers/.
+training from the app or CLI gets the same recipe), with its resumable training checkpoint and log in
+`runs/mappers/<model>/` (a rerun after an interruption continues it), then written without the training state
+to `assets/mappers/<model>/<name>.pt`, the file name the app lists and `evaluation.mapper_paths_in` finds.
+Seeded; one process per mapper, one CPU thread each.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..engines.mapper import load_mapper, save_mapper
 from ..evaluation import BENCHMARK_EDITS
 from ..models.model_zoo import mappers_dir
+from ..studio import Studio
 
 LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training logs stay out of assets/
 
@@ -46,14 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
+    generator = Studio().model(args.model).generator
+
     def run(spec) -> tuple[str, int, float]:
         out = folder / f"{spec.name.replace(' ', '_')}.pt"
-        log = LOG_DIR / args.model / f"{out.stem}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = LOG_DIR / args.model / out.name
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        with open(log, "w") as fh:
-            rc = subprocess.call(command(args.model, spec.target, out, args.steps, args.seed), stdout=fh,
+        with open(checkpoint.with_suffix(".log"), "a") as fh:
+            rc = subprocess.call(command(args.model, spec.target, checkpoint, args.steps, args.seed), stdout=fh,
                                  stderr=subprocess.STDOUT, env=env)
+        if rc == 0:
+            mapper = load_mapper(checkpoint, generator)
+            save_mapper(mapper, out)  # weights, config and meta only: 0.8 MB instead of 2.4 MB
         return spec.name, rc, time.time() - t0
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
