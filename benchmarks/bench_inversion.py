@@ -27,16 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleclip.engines.inversion import invert
 from styleclip.evaluation import evaluate_edits, global_directions_edit
-from styleclip.studio import INVERT_STEPS_DEFAULT, PHOTO_SEED_OFFSET, Studio
+from styleclip.imaging import image_to_img, img_to_image
+from styleclip.studio import INVERT_STEPS_DEFAULT, Studio, fresh_face_params
 from styleclip.toyfaces.attributes import ATTRIBUTES
 from styleclip.toyfaces.classifier import load_classifier, to_img
 from styleclip.toyfaces.dataset import labels_array, observable_array
-from styleclip.toyfaces.renderer import NUM_PARAMS, params_from_normal
-
-
-def fresh_params(i: int):
-    """The face of Studio.fresh_render(model, i)."""
-    return params_from_normal(np.random.RandomState(i + PHOTO_SEED_OFFSET).randn(NUM_PARAMS))
 
 
 def attribute_agreement(classifier, images: np.ndarray, params: list) -> dict[str, float]:
@@ -80,10 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         recons, w_plus, psnr, seconds = [], [], [], []
         for i, image in enumerate(renders):
             t0 = time.perf_counter()
-            target = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-            result = invert(loaded.generator, loaded.clip, target, steps=args.steps)
+            result = invert(loaded.generator, loaded.clip, image_to_img(image), steps=args.steps)
             seconds.append(time.perf_counter() - t0)
-            recons.append(((result.img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+            recons.append(img_to_image(result.img))
             w_plus.append(result.w_plus.detach())
             psnr.append(float(result.psnr))
             print(f"face {i}: PSNR {psnr[-1]:.2f} dB in {seconds[-1]:.1f} s", file=sys.stderr, flush=True)
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         w_plus = [torch.from_numpy(w)[None] for w in cached["w_plus"]]
         recons, psnr, seconds = list(cached["recons"]), list(cached["psnr"]), list(cached["seconds"])
-    params = [fresh_params(i) for i in range(args.n)]
+    params = [fresh_face_params(i) for i in range(args.n)]
     recon_agree = attribute_agreement(classifier, np.stack(recons), params)
     render_agree = attribute_agreement(classifier, np.stack(renders), params)
     report = {

@@ -140,6 +140,13 @@ class LoadedModel:
         return img_to_image(self.generator.synthesis(self.generator.flat_to_s(s)))
 
 
+
+def fresh_face_params(seed):
+    """The renderer parameters of the app's "fresh face" number `seed` (a face the generator never drew)."""
+    from .toyfaces.renderer import NUM_PARAMS, params_from_normal
+
+    return params_from_normal(np.random.RandomState(validate_seed(seed) + PHOTO_SEED_OFFSET).randn(NUM_PARAMS))
+
 class Studio:
     """Process-wide model cache plus the operations the app exposes."""
 
@@ -370,13 +377,12 @@ class Studio:
 
     def fresh_render(self, model: str, seed) -> np.ndarray:
         """A face drawn by the toyfaces renderer (never by the generator): a 'photo' of the embedded domain."""
-        from .toyfaces.renderer import NUM_PARAMS, params_from_normal, render
+        from .toyfaces.renderer import render
 
         loaded = self.model(model)
         if loaded.bundle.alignment != "center":
             raise ValueError("Fresh renders exist only for the embedded toyfaces model; upload a photo instead.")
-        z = np.random.RandomState(validate_seed(seed) + PHOTO_SEED_OFFSET).randn(NUM_PARAMS)
-        return render(params_from_normal(z), loaded.generator.size)
+        return render(fresh_face_params(seed), loaded.generator.size)
 
     def invert_photo(self, model: str, image: np.ndarray, steps=INVERT_STEPS_DEFAULT, progress=None,
                      should_stop=None, on_preview=None, preview_every: int = 10) -> tuple[torch.Tensor, np.ndarray, dict]:

@@ -29,14 +29,12 @@ import torch.nn.functional as F
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import load_generator, save_generator
 from .attributes import ATTRIBUTES
-from .train_generator import CodeEncoder
+from .train_generator import CONFIG, CodeEncoder
 from .z_layout import attribute_code, params_of_z, set_threshold_layers
 
 
 def code_pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(z [n, D] float32, code [n, CODE_DIM] float32) for z ~ N(0, I) from default_rng(seed)."""
-    from .train_generator import CONFIG
-
     z = np.random.default_rng(seed).standard_normal((n, CONFIG.style_dim)).astype(np.float32)
     return z, np.stack([attribute_code(params_of_z(row)) for row in z])
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from ..models.clip_model import IMAGENET_TEMPLATES, build_small_clip, clip_config
 from . import captions
+from .attributes import ATTRIBUTES
 from .budget import StepBudget
 from .prefetch import batches
-from .attributes import ATTRIBUTES
 from .renderer import NUM_PARAMS, params_from_normal, render_batch, set_attribute
 
 REPO = Path(__file__).resolve().parents[2]

@@ -41,6 +41,7 @@ from torch import nn
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import save_generator
 from .budget import StepBudget
+from .classifier import to_img
 from .prefetch import batches
 from .renderer import render_batch
 from .z_layout import CODE_DIM, attribute_code, params_of_z, set_threshold_layers
@@ -59,17 +60,6 @@ def make_batch(seed: int, batch: int, size: int, step: int) -> tuple[np.ndarray,
     params = [params_of_z(row) for row in z]
     codes = np.stack([attribute_code(p) for p in params])
     return z, render_batch(params, size), codes
-
-
-def target_batch(z: np.ndarray, size: int) -> torch.Tensor:
-    """z: [B, style_dim] → the renderer's img [B, 3, size, size] for params_of_z(z)."""
-    return to_img(render_batch([params_of_z(row) for row in z], size))
-
-
-def to_img(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] → img [B, 3, H, W] in [-1, 1] (on the input's device)."""
-    image = torch.as_tensor(image)
-    return image.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class CodeEncoder(nn.Module):
@@ -216,7 +206,7 @@ def train(args: argparse.Namespace) -> None:
     if args.export_only:
         export(state, Path(args.export))
         return
-    stream = batches(functools.partial(make_batch, state["seed"], args.batch, CONFIG.size), state["step"],
+    stream = batches(functools.partial(make_batch, state["seed"], args.batch, state["g"].size), state["step"],
                      args.workers)
     g, g_ema, encoder = state["g"].to(device), state["g_ema"].to(device), state["encoder"].to(device)
     opt = state["opt"]
