@@ -28,7 +28,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleclip.engines.global_directions import text_direction  # noqa: E402
-from styleclip.engines.precompute import clip_render_resolution, reference_relevance, sample_w  # noqa: E402
+from styleclip.engines.precompute import (  # noqa: E402
+    RELEVANCE_IMAGES,
+    RELEVANCE_SEED,
+    clip_render_resolution,
+    compute_relevance,
+    reference_relevance,
+    sample_w,
+)
 from styleclip.engines.statistics import conv_channel_index  # noqa: E402
 from styleclip.imaging import img_to_images  # noqa: E402
 
@@ -82,17 +89,38 @@ def cost(generator, clip_model, n_images: int) -> dict:
             "flop_ratio_official_over_ours": official / ours}
 
 
-def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int) -> dict:
+def candidate_channels(fs3_ours: torch.Tensor, clip_model, k: int, n_random: int, seed: int = 0) -> torch.Tensor:
+    """Rows for a reference restricted to likely top channels: the union of our top-k for every direction plus
+    n_random other rows (a check that the reference's top channels do not lie outside the union)."""
+    rows: set[int] = set()
+    for neutral, target in DIRECTIONS:
+        dt, _ = text_direction(clip_model, neutral, target)
+        rows |= set((fs3_ours @ dt).abs().topk(k).indices.tolist())
+    others = sorted(set(range(fs3_ours.shape[0])) - rows)
+    pick = np.random.RandomState(seed).choice(len(others), size=min(n_random, len(others)), replace=False)
+    return torch.tensor(sorted(rows | {others[i] for i in pick}))
+
+
+def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int,
+              ref_rows: torch.Tensor | None = None, random_rows: set[int] | None = None) -> dict:
+    """Top-k overlap of |relevance| per direction. With `ref_rows`, fs3_ref holds only those rows of the
+    matrix: the reference's top-k is taken among them (ours among all rows), and `random_rows` (rows outside our
+    candidate sets) are counted when they enter the reference's top-k."""
+    rows = torch.arange(fs3_ours.shape[0]) if ref_rows is None else ref_rows
     per_direction = {}
     for neutral, target in DIRECTIONS:
         dt, _ = text_direction(clip_model, neutral, target)
-        r_ours, r_ref = (fs3_ours @ dt).abs(), (fs3_ref @ dt).abs()
-        top_ours, top_ref = set(r_ours.topk(k).indices.tolist()), set(r_ref.topk(k).indices.tolist())
+        r_ours_all, r_ref = (fs3_ours @ dt).abs(), (fs3_ref @ dt).abs()
+        r_ours = r_ours_all[rows]
+        top_ours = set(r_ours_all.topk(k).indices.tolist())
+        top_ref = set(rows[r_ref.topk(k).indices].tolist())
         rank_ours, rank_ref = r_ours.argsort().argsort().float(), r_ref.argsort().argsort().float()
         spearman = float(torch.corrcoef(torch.stack([rank_ours, rank_ref]))[0, 1])
-        per_direction[f"{neutral} -> {target}"] = {"top_k_overlap": len(top_ours & top_ref) / k,
-                                                   "top1_same": int(r_ours.argmax() == r_ref.argmax()),
-                                                   "spearman": round(spearman, 3)}
+        row = {"top_k_overlap": len(top_ours & top_ref) / k,
+               "top1_same": int(r_ours_all.argmax() == rows[r_ref.argmax()]), "spearman": round(spearman, 3)}
+        if random_rows is not None:
+            row["random_rows_in_ref_top_k"] = len(top_ref & random_rows)
+        per_direction[f"{neutral} -> {target}"] = row
     overlaps = [d["top_k_overlap"] for d in per_direction.values()]
     return {"k": k, "mean_top_k_overlap": float(np.mean(overlaps)), "min_top_k_overlap": float(np.min(overlaps)),
             "per_direction": per_direction}
@@ -101,7 +129,15 @@ def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int)
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyfaces")
-    p.add_argument("--ref-images", type=int, default=20, help="images of the official procedure run here")
+    p.add_argument("--ref-images", type=int, default=RELEVANCE_IMAGES,
+                   help="images of the official procedure run here (its first N codes)")
+    p.add_argument("--ref-seed", type=int, default=RELEVANCE_SEED, help="seed of the reference procedure's latents")
+    p.add_argument("--ref-candidates", type=int, default=0, metavar="K",
+                   help="run the reference only on the union of our top-K channels per direction (0: all rows)")
+    p.add_argument("--ref-random", type=int, default=100, help="with --ref-candidates: random other rows added")
+    p.add_argument("--ref-cache", type=Path, help="an .npz holding the reference rows: read if present, else written")
+    p.add_argument("--ours-images", type=int, default=0,
+                   help="recompute our matrix on the reference's first N codes (0: the shipped matrix)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flops-only", action="store_true", help="skip the agreement (needs no statistics)")
@@ -110,28 +146,49 @@ def main(argv: list[str] | None = None) -> None:
     from styleclip.studio import Studio
 
     if args.flops_only and args.model == "ffhq":
-        from styleclip.models.clip_model import build_small_clip, ClipModel
+        from styleclip.models.clip_model import ClipModel, build_small_clip
         from styleclip.models.generator import Generator
         generator = Generator(1024).eval()
         clip_model = ClipModel.from_model(build_small_clip(embed_dim=512, image_resolution=224, vision_layers=12,
                                                            vision_width=768, vision_patch_size=32,
                                                            transformer_width=512, transformer_heads=8,
                                                            transformer_layers=12, seed=0))
-        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, 32)}))
+        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, RELEVANCE_IMAGES)}))
         return
     loaded = Studio().model(args.model)
     stats = loaded.engine().stats
-    n_ours = int(stats.manifest.get("n_images", 32))
-    result = {"model": loaded.name, **cost(loaded.generator, loaded.clip, n_ours)}
+    log = lambda done, total, stage: done % 50 == 0 and print(  # noqa: E731
+        f"{stage}: {done}/{total} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    fs3_ours, n_ours = stats.fs3, int(stats.manifest.get("n_images", RELEVANCE_IMAGES))
+    t0 = time.time()
+    if args.ours_images:
+        fs3_ours, n_ours = compute_relevance(loaded.generator, loaded.clip, n_images=args.ours_images,
+                                             seed=args.ref_seed, truncation=loaded.bundle.truncation,
+                                             progress=log), args.ours_images
+    result = {"model": loaded.name, "ours_seconds": round(time.time() - t0, 1) if args.ours_images else None,
+              **cost(loaded.generator, loaded.clip, n_ours)}
     if not args.flops_only:
+        rows, random_rows = None, None
+        if args.ref_candidates:
+            rows = candidate_channels(fs3_ours, loaded.clip, args.ref_candidates, args.ref_random)
+            candidates = candidate_channels(fs3_ours, loaded.clip, args.ref_candidates, 0)
+            random_rows = set(rows.tolist()) - set(candidates.tolist())
         t0 = time.time()
-        fs3_ref = reference_relevance(loaded.generator, loaded.clip, stats.mean, stats.std,
-                                      n_images=args.ref_images, truncation=loaded.bundle.truncation,
-                                      progress=lambda done, total, stage: done % 200 == 0 and print(
-                                          f"{stage}: {done}/{total} ({time.time() - t0:.0f} s)", file=sys.stderr))
-        result["reference_images"] = args.ref_images
-        result["reference_seconds"] = round(time.time() - t0, 1)
-        result["agreement"] = agreement(stats.fs3, fs3_ref, loaded.clip, args.k)
+        if args.ref_cache is not None and args.ref_cache.is_file():
+            with np.load(args.ref_cache) as npz:
+                fs3_ref = torch.from_numpy(npz["fs3"])
+                rows = torch.from_numpy(npz["rows"]) if "rows" in npz else rows
+        else:
+            fs3_ref = reference_relevance(loaded.generator, loaded.clip, stats.mean, stats.std,
+                                          n_images=args.ref_images, seed=args.ref_seed, channels=rows,
+                                          truncation=loaded.bundle.truncation, progress=log)
+            if args.ref_cache is not None:
+                extra = {} if rows is None else {"rows": rows.numpy()}
+                np.savez(args.ref_cache, fs3=fs3_ref.numpy(), **extra)
+            result["reference_seconds"] = round(time.time() - t0, 1)
+        result.update({"reference_images": args.ref_images, "reference_seed": args.ref_seed,
+                       "reference_rows": int(fs3_ref.shape[0])})
+        result["agreement"] = agreement(fs3_ours, fs3_ref, loaded.clip, args.k, rows, random_rows)
     print(json.dumps(result))
 
 

@@ -47,9 +47,9 @@ def _to_rgb(block, x, s, skip):
     return out
 
 
-@torch.no_grad()
 def plain_synthesis(g: Generator, w_plus: torch.Tensor) -> torch.Tensor:
-    """w_plus: [N, L, D] → img [N, 3, R, R], upstream-style, with the generator's stored noise buffers."""
+    """w_plus: [N, L, D] → img [N, 3, R, R], upstream-style, with the generator's stored noise buffers
+    (differentiable; wrap it in torch.no_grad() for timing)."""
     noise = g.noise_buffers()
     s = [conv.modulation(w_plus[:, w_idx]) for _, conv, _, _, w_idx in g._style_modules()]
     x = g.input.input.repeat(w_plus.shape[0], 1, 1, 1)

@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute", help="S statistics + channel relevance for global directions (resumable)")
     p.add_argument("--model", required=True, help="model name (e.g. toyfaces, ffhq)")
     p.add_argument("--n-stats", type=int, default=100_000, help="latents sampled for S mean/std")
-    p.add_argument("--n-images", type=int, default=32, help="images averaged in the relevance matrix")
+    p.add_argument("--n-images", type=int, default=100,
+                   help="images averaged in the relevance matrix (the official procedure's 100)")
     p.add_argument("--out", help="output folder (default precomputed/<model>/)")
     p.set_defaults(func=cmd_precompute)
 

@@ -95,6 +95,9 @@ class EditSpec:
         return tuple(attr.index(v) for v in self.target_values)
 
 
+# Targets use the embedded CLIP's training vocabulary (toyfaces/captions.py): its captions name hats only as
+# "a cap", "a beanie", "a knit hat"…, and the bare word "hat" only in "no hat", so this CLIP reads "a face with a
+# hat" as a face without one (the text directions have cosine 1.0; BENCHMARKS.md).
 BENCHMARK_EDITS: tuple[EditSpec, ...] = (
     EditSpec("smiling", "mouth", "smiling", "face", "smiling face"),
     EditSpec("blond hair", "hair_color", "blond", "face", "face with blond hair"),
@@ -103,7 +106,7 @@ BENCHMARK_EDITS: tuple[EditSpec, ...] = (
     EditSpec("sunglasses", "glasses", "sunglasses", "face", "face with sunglasses"),
     EditSpec("beard", "facial_hair", "beard", "face", "face with a beard"),
     EditSpec("eyes closed", "eyes", "closed", "face", "face with closed eyes"),
-    EditSpec("hat", "hat", ("cap", "beanie"), "face", "face with a hat"),
+    EditSpec("hat", "hat", ("cap", "beanie"), "face", "face with a knit hat"),
     EditSpec("purple background", "background", "purple", "face", "face with a purple background"),
     EditSpec("old", "age", "old", "face", "old face"),
     EditSpec("lipstick", "lipstick", "lipstick", "face", "face with lipstick"),

@@ -1,12 +1,12 @@
 """Computing global-direction statistics for any generator + CLIP pair, in resumable chunks.
 
-The official relevance matrix renders every conv channel at ±5σ on 100 images at full resolution and takes
+The official relevance matrix renders every conv channel at mean ± 5σ on 100 images at full resolution and takes
 CLIP's embedding difference: 2·C renders per image (12,096 for FFHQ). We compute the same quantity from the
 linearisation instead: the embedding difference at ±5σ is ≈ 10σ_c · ∂e/∂s_c, so the per-image unit vector is the
 normalised Jacobian column. One forward pass (stopped at CLIP's input resolution) and D backward passes give the
-whole [D, C] Jacobian of an image; that is ≥10× fewer generator-equivalent FLOPs, and since the Jacobian has no
-finite-difference noise, fewer images are needed. `reference_relevance` implements the official procedure for
-comparison (benchmarks/bench_precompute.py measures the cost ratio and the top-channel agreement).
+whole [D, C] Jacobian of an image, on the official procedure's own images (the first 100 codes of the seed-5
+statistics sample). `reference_relevance` implements the official procedure for comparison
+(benchmarks/bench_precompute.py measures the cost ratio and the top-channel agreement).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ __all__ = ["compute_s_stats", "image_jacobian_directions", "compute_relevance", 
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, stage)
 PARTIAL_DIR = ".partial"
+# The official relevance matrix averages over the first 100 codes of its statistics sample (seed 5, psi 0.7).
+RELEVANCE_IMAGES = 100
+RELEVANCE_SEED = 5
 
 
 class Cancelled(RuntimeError):
@@ -99,7 +102,8 @@ def image_jacobian_directions(generator: Generator, clip_model: ClipModel, w: to
     return jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int = 32, seed: int = 0,
+def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int = RELEVANCE_IMAGES,
+                      seed: int = RELEVANCE_SEED,
                       truncation: float = 0.7, state_dir: Path | None = None, progress: ProgressFn | None = None,
                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The relevance matrix [C, D] (unit rows) averaged over n_images, resumable through `state_dir`."""
@@ -128,7 +132,7 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
 
 
 def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_stats: int = 100_000,
-               n_images: int = 32, truncation: float = 0.7, generator_sha256: str | None = None,
+               n_images: int = RELEVANCE_IMAGES, truncation: float = 0.7, generator_sha256: str | None = None,
                clip_sha256: str | None = None, progress: ProgressFn | None = None,
                should_stop: Callable[[], bool] | None = None) -> GlobalStatistics:
     """Computes S statistics and the relevance matrix into out_dir (stats.npz, fs3.npy, manifest.json).
@@ -153,6 +157,7 @@ def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_
     manifest = {
         "generator_sha256": generator_sha256, "clip_sha256": clip_sha256,
         "method": "jacobian", "n_stats": n_stats, "stats_seed": 5, "n_images": n_images,
+        "relevance_seed": RELEVANCE_SEED,
         "truncation": truncation, "fs3_rows": int(fs3.shape[0]), "clip_dim": int(fs3.shape[1]),
         "seconds": round(time.time() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -164,7 +169,8 @@ def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_
 
 @torch.inference_mode()
 def reference_relevance(generator: Generator, clip_model: ClipModel, mean: torch.Tensor, std: torch.Tensor,
-                        n_images: int = 100, seed: int = 0, truncation: float = 0.7, batch: int = 50,
+                        n_images: int = RELEVANCE_IMAGES, seed: int = RELEVANCE_SEED, truncation: float = 0.7,
+                        batch: int = 50,
                         channels: torch.Tensor | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
     """The official procedure (for comparison): each conv channel set to mean ± 5σ on n_images codes, rendered at
     full resolution, uint8-quantised, encoded through CLIP's PIL preprocessing; normalised differences averaged.

@@ -189,9 +189,12 @@ class ModulatedConv2d(nn.Module):
         # Demodulation normalises the modulated weight, so it depends on s but not on the input gain.
         demod = torch.rsqrt(s.square() @ wsq.t() + _DEMOD_EPS) if self.demodulate else None  # [N, out]
         s_in = s * input_gain if input_gain != 1.0 else s
-        # Modulate whichever is smaller: the weight (once per sample) or the activations.
+        # Modulate whichever is smaller: the weight (once per sample) or the activations. When s needs a
+        # gradient, a modulated weight would cost a weight-gradient convolution in the backward pass (as many
+        # FLOPs as the forward one); modulated activations need only an elementwise product there.
         factor = None  # [out, in] when the weight is modulated
-        if n == 1 and weight.numel() <= x[0].numel() + (self.out_channel * h * w if self.demodulate else 0):
+        if n == 1 and not s.requires_grad and weight.numel() <= x[0].numel() + (
+                self.out_channel * h * w if self.demodulate else 0):
             factor = s_in[0][None, :] if demod is None else demod[0][:, None] * s_in[0][None, :]
             out_scale = None
         else:
