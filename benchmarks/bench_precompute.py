@@ -89,16 +89,22 @@ def cost(generator, clip_model, n_images: int) -> dict:
             "flop_ratio_official_over_ours": official / ours}
 
 
-def candidate_channels(fs3_ours: torch.Tensor, clip_model, k: int, n_random: int, seed: int = 0) -> torch.Tensor:
+def candidate_channels(fs3_ours: torch.Tensor, clip_model, k: int, n_random: int,
+                       seed: int = 0) -> tuple[torch.Tensor, set[int]]:
     """Rows for a reference restricted to likely top channels: the union of our top-k for every direction plus
-    n_random other rows (a check that the reference's top channels do not lie outside the union)."""
+    n_random other rows (a check that the reference's top channels do not lie outside the union).
+
+    Returns:
+        (all rows, sorted [R]; the random ones among them).
+    """
     rows: set[int] = set()
     for neutral, target in DIRECTIONS:
         dt, _ = text_direction(clip_model, neutral, target)
         rows |= set((fs3_ours @ dt).abs().topk(k).indices.tolist())
     others = sorted(set(range(fs3_ours.shape[0])) - rows)
     pick = np.random.RandomState(seed).choice(len(others), size=min(n_random, len(others)), replace=False)
-    return torch.tensor(sorted(rows | {others[i] for i in pick}))
+    random_rows = {others[i] for i in pick}
+    return torch.tensor(sorted(rows | random_rows)), random_rows
 
 
 def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int,
@@ -170,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.flops_only:
         rows, random_rows = None, None
         if args.ref_candidates:
-            rows = candidate_channels(fs3_ours, loaded.clip, args.ref_candidates, args.ref_random)
-            candidates = candidate_channels(fs3_ours, loaded.clip, args.ref_candidates, 0)
-            random_rows = set(rows.tolist()) - set(candidates.tolist())
+            rows, random_rows = candidate_channels(fs3_ours, loaded.clip, args.ref_candidates, args.ref_random)
         t0 = time.time()
         if args.ref_cache is not None and args.ref_cache.is_file():
             with np.load(args.ref_cache) as npz:

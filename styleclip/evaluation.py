@@ -97,7 +97,7 @@ class EditSpec:
 
 # Targets use the embedded CLIP's training vocabulary (toyfaces/captions.py): its captions name hats only as
 # "a cap", "a beanie", "a knit hat"…, and the bare word "hat" only in "no hat", so this CLIP reads "a face with a
-# hat" as a face without one (the text directions have cosine 1.0; BENCHMARKS.md).
+# hat" as a face without one (benchmarks/bench_prompt_vocabulary.py).
 BENCHMARK_EDITS: tuple[EditSpec, ...] = (
     EditSpec("smiling", "mouth", "smiling", "face", "smiling face"),
     EditSpec("blond hair", "hair_color", "blond", "face", "face with blond hair"),

@@ -1,0 +1,96 @@
+"""Where our relevance matrix and the official procedure's differ (the figures behind BENCHMARKS.md's diagnosis).
+
+- `per-image`: for the first --images codes of the official sample and --channels random conv channels, the cosine
+  of our unit Jacobian column with the official ±5σ embedding difference (uint8 renders, CLIP's PIL preprocessing),
+  and of the same difference computed in float (no quantisation) with the official one.
+- `compare A B`: the top-k agreement of two cached matrices (.npy, or .npz with `fs3`), e.g. two official runs on
+  different images written by `bench_precompute.py --ref-seed S --ref-cache ...`.
+
+    python benchmarks/bench_relevance_diagnostics.py per-image [--images 3] [--channels 80]
+    python benchmarks/bench_relevance_diagnostics.py compare runs/ref10_seed0.npz runs/ref10_seed1.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_precompute import agreement  # noqa: E402
+from styleclip.engines.precompute import RELEVANCE_SEED, image_jacobian_directions, sample_w  # noqa: E402
+from styleclip.engines.statistics import conv_channel_index  # noqa: E402
+from styleclip.imaging import img_to_images  # noqa: E402
+from styleclip.studio import Studio  # noqa: E402
+
+
+def _load(path: Path) -> torch.Tensor:
+    if path.suffix == ".npz":
+        with np.load(path) as npz:
+            return torch.from_numpy(npz["fs3"])
+    return torch.from_numpy(np.load(path))
+
+
+@torch.inference_mode()
+def _official_difference(loaded, stats, s_flat: torch.Tensor, position: int, quantise: bool) -> torch.Tensor:
+    """Unit CLIP-embedding difference of one code with channel `position` at mean + 5σ vs mean − 5σ → [D]."""
+    g, clip_model = loaded.generator, loaded.clip
+    s = s_flat.repeat(2, 1)
+    s[0, position] = stats.mean[position] - 5 * stats.std[position]
+    s[1, position] = stats.mean[position] + 5 * stats.std[position]
+    img = g.synthesis(g.flat_to_s(s))
+    emb = clip_model.encode_image_eval(img_to_images(img)) if quantise else clip_model.encode_image(img)
+    diff = emb[1] - emb[0]
+    return diff / diff.norm().clamp_min(1e-12)
+
+
+def per_image(loaded, n_images: int, n_channels: int) -> dict:
+    g, stats = loaded.generator, loaded.engine().stats
+    conv = conv_channel_index(g)
+    rows = torch.randperm(conv.numel(), generator=torch.Generator().manual_seed(0))[:n_channels]
+    ws = sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation)
+    tangent, unquantised = [], []
+    for w in ws:
+        jac = image_jacobian_directions(g, loaded.clip, w)[rows]
+        with torch.inference_mode():
+            s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
+        for k, row in enumerate(rows.tolist()):
+            official = _official_difference(loaded, stats, s_flat, int(conv[row]), quantise=True)
+            tangent.append(float(official @ jac[k]))
+            unquantised.append(float(official @ _official_difference(loaded, stats, s_flat, int(conv[row]), False)))
+    summary = lambda v: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),  # noqa: E731
+                         "p10": round(float(np.percentile(v, 10)), 4)}
+    return {"images": n_images, "channels": n_channels, "cos_jacobian_vs_official": summary(tangent),
+            "cos_float_difference_vs_official": summary(unquantised)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["per-image", "compare"])
+    p.add_argument("files", nargs="*", type=Path, help="compare: two cached matrices")
+    p.add_argument("--model", default="toyfaces")
+    p.add_argument("--images", type=int, default=3)
+    p.add_argument("--channels", type=int, default=80)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = Studio().model(args.model)
+    if args.what == "per-image":
+        print(json.dumps({"model": loaded.name, **per_image(loaded, args.images, args.channels)}))
+        return
+    if len(args.files) != 2:
+        p.error("compare needs two files")
+    a, b = (_load(f) for f in args.files)
+    result = agreement(a, b, loaded.clip, args.k)
+    result["mean_row_cosine"] = round(float((a * b).sum(1).mean()), 4)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
