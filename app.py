@@ -668,6 +668,7 @@ def build_demo() -> gr.Blocks:
         opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id, opt_mode, opt_space],
                                   [opt_image, opt_info, opt_plot, opt_files], api_visibility="private")
         opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")
+        model.change(identity_slider, [model], [opt_id], api_visibility="private")
 
         def pick_example(evt: gr.SelectData, model_name, st):
             seed_value = EXAMPLE_SEEDS[evt.index]
@@ -678,7 +679,20 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         demo.load(_startup_view, [model, state], [state, original, examples], api_visibility="private").then(
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
+        demo.load(identity_slider, [model], [opt_id], api_visibility="private")
     return demo
+
+
+def identity_slider(model: str):
+    """The identity-weight slider for a model: usable with a note when it has an identity network, else set to 0
+    and locked, with the reason."""
+    try:
+        available, note = STUDIO.identity_status(model)
+    except (ValueError, FileNotFoundError) as exc:
+        available, note = False, str(exc).splitlines()[0]
+    if available:
+        return gr.update(interactive=True, info=note)
+    return gr.update(value=0.0, interactive=False, info=f"{note} The identity weight stays at 0.")
 
 
 @user_errors

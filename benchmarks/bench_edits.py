@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
     p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
     p.add_argument("--l2", type=float, default=0.008, help="optimization: L2 weight")
+    p.add_argument("--id-lambda", type=float, default=0.0,
+                   help="optimization: identity weight (the model's identity network)")
     p.add_argument(
         "--classifier", default=None, help="classifier file (default: assets/toyfaces/classifier.pt)"
     )
@@ -86,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         edit_fn = mapper_edit(loaded, paths, strength=args.strength)
         label = f"latent mapper ({folder}), strength {args.strength:g}"
     else:
-        edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2)
-        label = f"latent optimization, {args.steps} steps, l2 {args.l2:g}"
+        edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda)
+        label = f"latent optimization, {args.steps} steps, l2 {args.l2:g}, id {args.id_lambda:g}"
     load_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

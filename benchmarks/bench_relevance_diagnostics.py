@@ -3,10 +3,16 @@
 - `per-image`: for the first --images codes of the official sample and --channels random conv channels, the cosine
   of our unit Jacobian column with the official ±5σ embedding difference (uint8 renders, CLIP's PIL preprocessing),
   and of the same difference computed in float (no quantisation) with the official one.
+- `quadrature`: what a tangent can and cannot do. Per image and channel, the cosine with the official float ±5σ
+  difference (channel set to its mean ± 5σ) of: the tangent at the image's own value (what our precompute
+  uses), the tangent at the channel's mean (the official centre), the secant ±5σ around the image's own value,
+  and Gauss-Legendre averages of 2 and 3 tangents along the official segment. Only the last two need
+  evaluations of each channel at its own points, i.e. the official procedure's per-channel cost.
 - `compare A B`: the top-k agreement of two cached matrices (.npy, or .npz with `fs3`), e.g. two official runs on
   different images written by `bench_precompute.py --ref-seed S --ref-cache ...`.
 
     python benchmarks/bench_relevance_diagnostics.py per-image [--images 3] [--channels 80]
+    python benchmarks/bench_relevance_diagnostics.py quadrature [--images 3] [--channels 60]
     python benchmarks/bench_relevance_diagnostics.py compare runs/ref10_seed0.npz runs/ref10_seed1.npz
 """
 
@@ -69,9 +75,46 @@ def per_image(loaded, n_images: int, n_channels: int) -> dict:
             "cos_float_difference_vs_official": summary(unquantised)}
 
 
+@torch.inference_mode()
+def quadrature(loaded, n_images: int, n_channels: int, eps: float = 0.05) -> dict:
+    g, clip_model, stats = loaded.generator, loaded.clip, loaded.engine().stats
+    conv = conv_channel_index(g)
+    rows = torch.randperm(conv.numel(), generator=torch.Generator().manual_seed(0))[:n_channels]
+    gauss2 = [(-1 / 3 ** 0.5, 1.0), (1 / 3 ** 0.5, 1.0)]
+    gauss3 = [(-0.6 ** 0.5, 5.0), (0.0, 8.0), (0.6 ** 0.5, 5.0)]
+    found: dict[str, list[float]] = {k: [] for k in ("tangent_at_image_value", "tangent_at_channel_mean",
+                                                     "secant_around_image_value", "gauss_2_tangents",
+                                                     "gauss_3_tangents")}
+    unit = lambda v: v / v.norm().clamp_min(1e-12)  # noqa: E731
+    for w in sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation):
+        s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
+        for row in rows.tolist():
+            p = int(conv[row])
+            mean, std, own = float(stats.mean[p]), float(stats.std[p]), float(s_flat[0, p])
+            # values of channel p: official pair, secant around the image, then a ±eps pair per tangent point
+            centres = [own, mean] + [mean + 5 * std * t for t, _ in gauss2 + gauss3]
+            values = [mean - 5 * std, mean + 5 * std, own - 5 * std, own + 5 * std]
+            values += [c + sign * eps * std for c in centres for sign in (-1.0, 1.0)]
+            s = s_flat.repeat(len(values), 1)
+            s[:, p] = torch.tensor(values)
+            emb = clip_model.encode_image(g.synthesis(g.flat_to_s(s)))
+            emb = emb / emb.norm(dim=1, keepdim=True)
+            official = unit(emb[1] - emb[0])
+            tangents = [emb[5 + 2 * k] - emb[4 + 2 * k] for k in range(len(centres))]  # unnormalised: integrated
+            found["secant_around_image_value"].append(float(official @ unit(emb[3] - emb[2])))
+            found["tangent_at_image_value"].append(float(official @ unit(tangents[0])))
+            found["tangent_at_channel_mean"].append(float(official @ unit(tangents[1])))
+            for name, rule, first in (("gauss_2_tangents", gauss2, 2), ("gauss_3_tangents", gauss3, 4)):
+                avg = sum(wt * tangents[first + k] for k, (_, wt) in enumerate(rule))
+                found[name].append(float(official @ unit(avg)))
+    summary = {k: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),
+                   "p10": round(float(np.percentile(v, 10)), 4)} for k, v in found.items()}
+    return {"images": n_images, "channels": n_channels, "cos_with_official_float_difference": summary}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["per-image", "compare"])
+    p.add_argument("what", choices=["per-image", "quadrature", "compare"])
     p.add_argument("files", nargs="*", type=Path, help="compare: two cached matrices")
     p.add_argument("--model", default="toyfaces")
     p.add_argument("--images", type=int, default=3)
@@ -81,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = Studio().model(args.model)
-    if args.what == "per-image":
-        print(json.dumps({"model": loaded.name, **per_image(loaded, args.images, args.channels)}))
+    if args.what in ("per-image", "quadrature"):
+        measure = per_image if args.what == "per-image" else quadrature
+        print(json.dumps({"model": loaded.name, **measure(loaded, args.images, args.channels)}))
         return
     if len(args.files) != 2:
         p.error("compare needs two files")

@@ -195,26 +195,17 @@ def _stop_on_interrupt():
 
 def cmd_train_mapper(args: argparse.Namespace) -> dict:
     from .engines.mapper import GROUPS, train_mapper
-    from .models.identity import identity_for_bundle
     from .studio import Studio, validate_text
 
     text = validate_text(args.text, "mapper")
-    loaded = Studio().model(args.model)
-    identity, id_weight = None, args.id_weight
-    if id_weight is None:
-        # Auto: the official 0.1 where the model has a face-recognition network (ArcFace for ffhq). A domain
-        # proxy (toyfaces' attribute features) penalises the very attributes an edit should change: opt-in.
-        id_weight = 0.0
-        if loaded.bundle.identity is not None:
-            try:
-                identity, id_weight = identity_for_bundle(loaded.name), 0.1
-            except FileNotFoundError as exc:
-                note = str(exc).splitlines()[0]
-                print(f"note: training without the identity loss: {note}", file=sys.stderr)
-    elif id_weight > 0:
-        identity = identity_for_bundle(loaded.name)
-        if identity is None:
-            raise CliError(f"model {loaded.name!r} has no identity network; use --id-weight 0")
+    studio = Studio()
+    loaded = studio.model(args.model)
+    try:
+        identity, id_weight, note = studio.mapper_identity(loaded.name, args.id_weight)
+    except ValueError as exc:
+        raise CliError(f"{exc} (--id-weight 0)") from None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     groups = [g for g in GROUPS if not getattr(args, f"no_{g}")]
     truncation = loaded.bundle.truncation if args.truncation is None else args.truncation
     out = Path(args.out)
@@ -276,8 +267,8 @@ def _add_mapper_parsers(sub) -> None:
     p.add_argument("--clip-weight", type=float, default=1.0)
     p.add_argument("--l2-weight", type=float, default=0.8)
     p.add_argument("--id-weight", type=float, default=None,
-                   help="identity loss weight; default 0.1 (official) if the model has a face-recognition "
-                        "network (ffhq: ArcFace), else 0; toyfaces' attribute-feature proxy is opt-in")
+                   help="identity loss weight; default: the model's (ffhq: the official 0.1 with ArcFace; "
+                        "toyfaces: 0.3 with its identity network) when its identity network is on disk, else 0")
     p.add_argument("--truncation", type=float, default=None, help="source sampling psi; default: the model's")
     p.add_argument("--seed", type=int, default=0)
     for group in ("coarse", "medium", "fine"):

@@ -234,6 +234,56 @@ class Studio:
         return buf.getvalue()
 
     # -------------------------------------------------------------------------------- latent optimization
+    def mapper_identity(self, model: str, id_weight: float | None = None) -> tuple[object, float, str | None]:
+        """The identity term for mapper training.
+
+        Args:
+            id_weight: None → the bundle's `mapper_id_weight` when its identity network is on disk, else 0;
+                0 → none; > 0 → that weight (ValueError when the model has no identity network).
+
+        Returns:
+            (identity model or None, weight, a note when the automatic choice had to go without one).
+        """
+        from .models.checkpoints import CheckpointError
+        from .models.identity import identity_for_bundle
+
+        loaded = self.model(model)
+        if id_weight is None:
+            try:
+                identity = identity_for_bundle(loaded.name)
+            except (FileNotFoundError, CheckpointError) as exc:
+                return None, 0.0, f"training without the identity loss: {str(exc).splitlines()[0]}"
+            return (identity, loaded.bundle.mapper_id_weight, None) if identity is not None else (None, 0.0, None)
+        id_weight = validate_range(id_weight, "identity weight", 0.0, 10.0)
+        if id_weight == 0:
+            return None, 0.0, None
+        try:
+            identity = identity_for_bundle(loaded.name)
+        except (FileNotFoundError, CheckpointError) as exc:
+            raise ValueError(f"{str(exc).splitlines()[0]} Or set the identity weight to 0.") from None
+        if identity is None:
+            raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
+        return identity, id_weight, None
+
+    def identity_status(self, model: str) -> tuple[bool, str]:
+        """Whether `model` has an identity network for the identity loss, and a one-line note for the UI.
+
+        Returns:
+            (available, note): e.g. (True, "identity network: toyfaces-identity"), or (False, what is missing
+            and where to put it).
+        """
+        from .models.checkpoints import CheckpointError
+        from .models.identity import identity_for_bundle
+
+        loaded = self.model(model)
+        try:
+            identity = identity_for_bundle(loaded.name)
+        except (FileNotFoundError, CheckpointError) as exc:
+            return False, f"No identity network for {loaded.name!r}: {str(exc).splitlines()[0]}"
+        if identity is None:
+            return False, f"The model {loaded.name!r} has no identity network."
+        return True, f"identity network: {identity.kind}"
+
     def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=0.008, id_lambda=0.0,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
                  on_step=None, mode: str = "edit", space: str = "w_plus",
@@ -321,10 +371,11 @@ class Studio:
 
     def train_mapper(self, model: str, text: str, out_path: str | Path, steps=MAPPER_STEPS_DEFAULT,
                      l2_weight=0.8, progress=None, should_stop=None, on_preview=None, on_step=None,
-                     preview_every: int = 25) -> dict:
+                     preview_every: int = 25, id_weight: float | None = None) -> dict:
         """Trains a mapper for `text` into out_path (resumes if it exists).
 
         Args:
+            id_weight: identity-loss weight; None → the model's default (`mapper_identity`).
             progress: progress(done, total, stage) after each step.
             on_step: on_step({"step", "loss", "clip", "l2"}) after each step.
             on_preview: on_preview(step, [(source image, edited image)]) every `preview_every` steps.
@@ -340,16 +391,18 @@ class Studio:
         steps = int(validate_range(steps, "steps", *MAPPER_STEPS_RANGE))
         l2_weight = validate_range(l2_weight, "L2 weight", 0.0, 2.0)
         loaded = self.model(model)
+        identity, id_weight, _ = self.mapper_identity(model, id_weight)
         preview = None if on_preview is None else (lambda step, src, edit: on_preview(
             step, list(zip(img_to_images(src), img_to_images(edit)))))
         mapper, record = train_mapper(
             loaded.generator, loaded.clip, text, steps=steps, batch=2, lr=0.5, clip_weight=1.0,
-            l2_weight=l2_weight, truncation=loaded.bundle.truncation, seed=0, progress=progress, on_step=on_step,
+            l2_weight=l2_weight, id_weight=id_weight, identity=identity, truncation=loaded.bundle.truncation, seed=0,
+            progress=progress, on_step=on_step,
             should_stop=should_stop, checkpoint_path=out_path, preview_every=preview_every, on_preview=preview,
             meta={"model": loaded.name, "text": text})
         self._mappers[str(out_path)] = mapper
         last = record[-1] if record else {}
-        return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight,
+        return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight, "id_weight": id_weight,
                 "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
 

@@ -1,4 +1,4 @@
-"""Tests for styleclip.models.identity: official ArcFace key format, strict loading, errors, the toy proxy."""
+"""Tests for styleclip.models.identity: official ArcFace key format, strict loading, errors, the toyfaces network."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from styleclip.models import identity as identity_module
 from styleclip.models.checkpoints import CheckpointError
 from styleclip.models.identity import (
     ArcFaceIRSE50,
-    FeatureIdentity,
     arcface_prepare,
     identity_for_bundle,
     load_arcface,
     load_toyfaces_identity,
 )
-from styleclip.toyfaces.classifier import AttributeClassifier, save_classifier
+from styleclip.toyfaces.identity_net import ToyfacesIdentity, save_identity
 
 torch.set_num_threads(1)
 
@@ -154,42 +153,82 @@ def test_wrong_files_name_expected_and_found(tmp_path, official_state):
         load_arcface(tmp_path / "missing.pth")
 
 
-# ----------------------------------------------------------------------------------------------- toy proxy
+# --------------------------------------------------------------------------------------- toyfaces network
 
 
-def small_classifier() -> AttributeClassifier:
+def small_identity() -> ToyfacesIdentity:
     torch.manual_seed(0)
-    return AttributeClassifier(channels=(8, 8, 16, 16), hidden=32).eval()
+    return ToyfacesIdentity(channels=(8, 8, 16, 16), hidden=16, embed_dim=12).requires_grad_(False).eval()
 
 
-def test_toy_proxy_is_a_differentiable_identity_model():
-    ident = FeatureIdentity(small_classifier())
+def test_toyfaces_identity_is_a_differentiable_identity_model():
+    ident = small_identity()
     torch.manual_seed(2)
-    x = (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    x = (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_(True)  # resized to 64 px inside
     e = ident.embed(x)
-    assert e.shape == (3, 32) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert e.shape == (3, 12) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(ident.loss(x, x), torch.zeros(3), atol=1e-5)
     ident.loss(x, torch.flip(x, dims=[0])).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    # Matches the classifier's own (inference-mode) features.
-    ref = torch.nn.functional.normalize(ident.classifier.embed(x.detach()), dim=-1)
-    assert torch.allclose(e.detach(), ref, atol=1e-5)
+    assert all(p.grad is None for p in ident.parameters())
+    ident.train()
+    assert not ident.training  # a loss network keeps BatchNorm's running statistics
 
 
-def test_toy_proxy_loads_from_file_and_reports_missing(tmp_path):
-    save_classifier(small_classifier(), tmp_path / "c.pt", half=False)
-    ident = load_toyfaces_identity(tmp_path / "c.pt")
-    assert ident.embed_dim == 32 and ident.kind == "toyfaces-classifier-proxy"
-    with pytest.raises(FileNotFoundError, match="train_classifier"):
+def test_toyfaces_identity_file_round_trip_and_errors(tmp_path):
+    ident = small_identity()
+    save_identity(ident, tmp_path / "i.pt")
+    back = load_toyfaces_identity(tmp_path / "i.pt")
+    assert back.embed_dim == 12 and back.kind == "toyfaces-identity"
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(back.embed(x), ident.half().float().embed(x), atol=1e-4)  # fp16 storage
+    with pytest.raises(FileNotFoundError, match="train_identity"):
         load_toyfaces_identity(tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a toyfaces identity network"):
+        load_toyfaces_identity(tmp_path / "bad.pt")
+    torch.save({"config": {"channels": [8]}, "state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a toyfaces identity network"):
+        load_toyfaces_identity(tmp_path / "foreign.pt")
 
 
 def test_bundle_lookup(monkeypatch, tmp_path):
     monkeypatch.setattr(identity_module, "_CACHE", {})
-    save_classifier(small_classifier(), tmp_path / "c.pt", half=False)
-    monkeypatch.setitem(identity_module._DOMAIN_PROXIES, "toyfaces",
-                        lambda: load_toyfaces_identity(tmp_path / "c.pt"))
+    save_identity(small_identity(), tmp_path / "i.pt")
+    monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
+                        lambda: load_toyfaces_identity(tmp_path / "i.pt"))
     toy = identity_for_bundle("toyfaces")
-    assert isinstance(toy, FeatureIdentity) and identity_for_bundle("toyfaces") is toy  # cached
+    assert isinstance(toy, ToyfacesIdentity) and identity_for_bundle("toyfaces") is toy  # cached
     with pytest.raises(ValueError, match="unknown model"):
         identity_for_bundle("no-such-bundle")
+
+
+def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
+    import app
+    from styleclip.studio import Studio
+
+    studio = Studio()
+    monkeypatch.setattr(app, "STUDIO", studio)
+    monkeypatch.setattr(identity_module, "_CACHE", {})
+    monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
+                        lambda: load_toyfaces_identity(tmp_path / "missing.pt"))
+    available, note = studio.identity_status("toyfaces")
+    assert not available and "train_identity" in note
+    assert studio.mapper_identity("toyfaces")[:2] == (None, 0.0)  # automatic: goes without, with a note
+    assert "train_identity" in studio.mapper_identity("toyfaces")[2]
+    with pytest.raises(ValueError, match="train_identity"):
+        studio.mapper_identity("toyfaces", 0.3)
+    update = app.identity_slider("toyfaces")
+    assert update["value"] == 0.0 and update["interactive"] is False and "stays at 0" in update["info"]
+
+    save_identity(small_identity(), tmp_path / "i.pt")
+    monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
+                        lambda: load_toyfaces_identity(tmp_path / "i.pt"))
+    available, note = studio.identity_status("toyfaces")
+    assert available and "toyfaces-identity" in note
+    identity, weight, note = studio.mapper_identity("toyfaces")
+    assert isinstance(identity, ToyfacesIdentity) and weight == studio.model("toyfaces").bundle.mapper_id_weight
+    assert studio.mapper_identity("toyfaces", 0.0)[:2] == (None, 0.0)
+    assert studio.mapper_identity("toyfaces", 0.3)[1] == 0.3
+    assert app.identity_slider("toyfaces")["interactive"] is True
+    assert app.identity_slider("no-such-model")["interactive"] is False  # a plain note, no exception

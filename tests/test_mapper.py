@@ -35,6 +35,7 @@ from styleclip.models.clip_model import ClipModel, build_small_clip
 from styleclip.models.generator import Generator
 from styleclip.models.generator_io import save_generator
 from styleclip.models.identity import IdentityModel
+from styleclip.models.model_zoo import MAPPER_ID_WEIGHT_TOYFACES
 
 # The machine is shared with background jobs: one thread keeps timings sane (conftest asks for two).
 torch.set_num_threads(1)
@@ -480,7 +481,8 @@ def test_cli_trains_and_applies_a_mapper(tmp_path, tiny_models_dir, tiny, capsys
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
     assert line["steps"] == 3 and line["groups"] == ["coarse", "medium"] and not line["resumed"]
-    assert line["id_weight"] == 0.0 and line["identity"] is None  # toyfaces' proxy identity is opt-in
+    # the model's identity network and default weight (model_zoo.MAPPER_ID_WEIGHT_TOYFACES)
+    assert line["id_weight"] == MAPPER_ID_WEIGHT_TOYFACES and line["identity"] == "toyfaces-identity"
     assert "training mapper" in result.stderr
 
     png = tmp_path / "smile.png"

@@ -17,8 +17,7 @@ from styleclip.engines.optimization import (
 from styleclip.engines.precompute import Cancelled, sample_w
 from styleclip.models import model_zoo, registry
 from styleclip.models.clip_model import ClipModel, build_small_clip
-from styleclip.models.identity import FeatureIdentity
-from styleclip.toyfaces.classifier import AttributeClassifier
+from styleclip.toyfaces.identity_net import ToyfacesIdentity
 from tests.conftest import make_tiny_generator
 
 torch.set_num_threads(1)
@@ -124,7 +123,7 @@ def test_s_space_moves_only_conv_styles(generator, clip_model):
 
 def test_identity_term(generator, clip_model):
     torch.manual_seed(0)
-    ident = FeatureIdentity(AttributeClassifier(channels=(8, 8, 16, 16), hidden=32))
+    ident = ToyfacesIdentity(channels=(8, 8, 16, 16), hidden=16, embed_dim=12).requires_grad_(False)
     result = optimize(generator, clip_model, TEXT, seed=2, steps=6, id_lambda=0.5, identity=ident)
     assert result.history[0].id_loss == pytest.approx(0.0, abs=1e-5)  # step 1 renders the start latent
     assert result.history[-1].id_loss > 0

@@ -1,4 +1,4 @@
-"""Identity models behind one interface: ArcFace IR-SE50 (real faces) and the embedded domain's feature proxy.
+"""Identity models behind one interface: ArcFace IR-SE50 (real faces) and the embedded domain's identity network.
 
 Every engine that wants "keep the same person" uses `IdentityModel`: `embed(img)` gives unit vectors and
 `loss(img_a, img_b)` gives 1 - cosine per sample, with `img_b` treated as the fixed reference (detached), as
@@ -9,9 +9,11 @@ Two implementations:
   official image preparation (pool to 256, crop rows 35:223 / cols 32:220, pool to 112). Its `state_dict()`
   uses the key names of the official `model_ir_se50.pth` (input_layer.*, body.0-23.*, output_layer.*; 397
   entries), so that file loads strictly through `load_arcface`.
-- `FeatureIdentity`: for the embedded toyfaces domain, where no face-recognition network exists. It is a
-  PROXY: a toy face's "identity" is taken to be its attribute-classifier feature vector (the shared trunk
-  every attribute head reads), so the loss penalises changes of the predicted attributes, not of a person.
+- `styleclip.toyfaces.identity_net.ToyfacesIdentity`: for the embedded toyfaces domain, where no
+  face-recognition network exists. Trained contrastively on renders (`python -m
+  styleclip.toyfaces.train_identity`) to embed what makes a toy face the same person (skin tone, eye colour,
+  nose, face width) and to ignore what edits change (hair, glasses, hat, expression, background, ...). It is
+  not the attribute classifier, which only measures.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from .checkpoints import CheckpointError, load_checkpoint, preview_keys
 
 __all__ = [
     "ArcFaceIRSE50",
-    "FeatureIdentity",
     "IdentityModel",
     "arcface_prepare",
     "identity_for_bundle",
@@ -333,57 +334,31 @@ def _preview(keys: list[str], limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
 
 
-# -------------------------------------------------------------------------------------------- toyfaces proxy
-
-
-class FeatureIdentity(IdentityModel):
-    """An identity PROXY from a feature extractor: identity = the image's feature vector.
-
-    For the embedded toyfaces domain the feature extractor is the attribute classifier's shared trunk (the
-    [N, hidden] vector every attribute head reads, `AttributeClassifier.embed` without its inference mode):
-    two toy faces count as "the same person" when the classifier sees the same attributes. It measures
-    attribute drift, not a learned face identity; its 1 - cos values are on another scale than ArcFace's, so
-    id_lambda values do not transfer between the two.
-
-    Args:
-        classifier: a `styleclip.toyfaces.classifier.AttributeClassifier`; it is put in eval mode and frozen.
-    """
-
-    kind = "toyfaces-classifier-proxy"
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier.requires_grad_(False).eval()
-        self.embed_dim = int(classifier.config["hidden"])
-
-    def features(self, img: torch.Tensor) -> torch.Tensor:
-        """img [N, 3, H, W] in [-1, 1] → [N, hidden] classifier trunk features (resized to 64 px first)."""
-        # AttributeClassifier.embed runs under inference_mode (no gradient); a loss needs the gradient, so the
-        # same two steps are called directly.
-        return self.classifier._shared(self.classifier._prepare(img))
+# ------------------------------------------------------------------------------------------ toyfaces identity
 
 
 def load_toyfaces_identity(path: str | os.PathLike[str] | None = None,
-                           device: str | torch.device = "cpu") -> FeatureIdentity:
-    """The toyfaces identity proxy from the attribute classifier (default assets/toyfaces/classifier.pt).
+                           device: str | torch.device = "cpu") -> IdentityModel:
+    """The embedded toyfaces domain's identity network (default assets/toyfaces/identity.pt).
 
     Raises:
-        FileNotFoundError: the classifier has not been trained/shipped yet (the message says how to make it).
+        FileNotFoundError: it has not been trained/shipped yet (the message says how to make it).
+        CheckpointError: the file is not that network.
     """
-    from ..toyfaces.classifier import load_classifier  # noqa: PLC0415 - the toy domain is optional here
+    from ..toyfaces.identity_net import load_identity  # noqa: PLC0415 - the toy domain is optional here
 
-    return FeatureIdentity(load_classifier(path, device=device))
+    return load_identity(path, device=device)
 
 
-# Domains without a face-recognition network, and the proxy that stands in for one. The bundles in model_zoo
-# name real identity networks through the registry (`ModelBundle.identity`); proxies are found by bundle name.
-_DOMAIN_PROXIES: dict[str, Callable[[], IdentityModel]] = {"toyfaces": load_toyfaces_identity}
+# Domains without a downloadable face-recognition network, and the in-repo network that stands in for one. The bundles in model_zoo
+# name real identity networks through the registry (`ModelBundle.identity`); these are found by bundle name.
+_DOMAIN_NETWORKS: dict[str, Callable[[], IdentityModel]] = {"toyfaces": load_toyfaces_identity}
 _CACHE: dict[str, IdentityModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def identity_for_bundle(name: str) -> IdentityModel | None:
-    """The identity model that goes with a model bundle ("ffhq" → ArcFace, "toyfaces" → the classifier proxy).
+    """The identity model that goes with a model bundle ("ffhq" → ArcFace, "toyfaces" → its identity network).
 
     Loaded once per process and shared. Returns None for a bundle with neither.
 
@@ -403,8 +378,8 @@ def identity_for_bundle(name: str) -> IdentityModel | None:
             if spec.kind != "identity":
                 raise ValueError(f"{bundle.identity!r} is a {spec.kind} model, not an identity network.")
             model: IdentityModel | None = load_arcface(registry.resolve(bundle.identity))
-        elif bundle.name in _DOMAIN_PROXIES:
-            model = _DOMAIN_PROXIES[bundle.name]()
+        elif bundle.name in _DOMAIN_NETWORKS:
+            model = _DOMAIN_NETWORKS[bundle.name]()
         else:
             return None
         _CACHE[bundle.name] = model

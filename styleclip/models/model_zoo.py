@@ -37,6 +37,8 @@ class ModelBundle:
         description: one line for the model picker.
         alignment: how photos are prepared: "ffhq" (dlib landmarks + the FFHQ crop) or "center" (a domain that is
             aligned by construction: centre crop and resize).
+        mapper_id_weight: the identity-loss weight mapper training uses by default when the model's identity
+            network is on disk (the official 0.1 with ArcFace; each network's 1 − cos has its own scale).
     """
 
     name: str
@@ -47,6 +49,7 @@ class ModelBundle:
     truncation: float = 0.7
     description: str = ""
     alignment: str = "ffhq"
+    mapper_id_weight: float = 0.1
 
 
 _BUNDLES: dict[str, ModelBundle] = {}
@@ -66,9 +69,11 @@ registry.register(registry.ModelFile(
 registry.register(registry.ModelFile(
     name="toyfaces-clip", filename="toyfaces-clip.pt", kind="clip", asset_path="toyfaces/clip.pt",
     description="embedded small CLIP (64 px ViT) trained on toyfaces captions (python -m styleclip.toyfaces.train_clip)"))
+# The identity weight of the shipped toyfaces mappers (BENCHMARKS.md, "Identity term in mapper training").
+MAPPER_ID_WEIGHT_TOYFACES = 0.3
 register_bundle(ModelBundle(
     name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
-    auto_beta_floor=20, truncation=1.0, alignment="center",
+    auto_beta_floor=20, truncation=1.0, alignment="center", mapper_id_weight=MAPPER_ID_WEIGHT_TOYFACES,
     description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",

@@ -15,6 +15,7 @@ __all__ = [
     "AttributeClassifier",
     "load_classifier",
     "save_classifier",
+    "conv_block",
     "to_img",
     "DEFAULT_PATH",
     "INPUT_SIZE",
@@ -32,7 +33,7 @@ def to_img(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
 
 
@@ -62,9 +63,9 @@ class AttributeClassifier(nn.Module):
         }
         self.attributes = [(str(n), str(k), int(v)) for n, k, v in attributes]
         c = list(channels)
-        layers: list[nn.Module] = [_block(3, c[0], 2), _block(c[0], c[0], 1)]
+        layers: list[nn.Module] = [conv_block(3, c[0], 2), conv_block(c[0], c[0], 1)]
         for c_in, c_out in zip(c[:-1], c[1:], strict=True):
-            layers += [_block(c_in, c_out, 2), _block(c_out, c_out, 1)]
+            layers += [conv_block(c_in, c_out, 2), conv_block(c_out, c_out, 1)]
         self.features = nn.Sequential(*layers[:-1])  # the last stage ends on its strided conv (4x4 map)
         self.trunk = nn.Sequential(nn.Linear(2 * c[-1], hidden), nn.SiLU())
         self.heads = nn.ModuleDict(

@@ -20,7 +20,7 @@ from styleclip.toyfaces.renderer import (
     render,
 )
 
-__all__ = ["make_dataset", "normals_for", "labels_array", "observable_array", "cache_dir"]
+__all__ = ["make_dataset", "render_normals", "normals_for", "labels_array", "observable_array", "cache_dir"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,8 @@ def _render_rows(args: tuple[np.ndarray, int]) -> np.ndarray:
     return np.stack([render(params_from_normal(row), size) for row in u])
 
 
-def _render_all(u: np.ndarray, size: int, workers: int) -> np.ndarray:
+def render_normals(u: np.ndarray, size: int, workers: int) -> np.ndarray:
+    """Renders the faces of renderer normals u [N, NUM_PARAMS] → uint8 [N, size, size, 3] (forked workers)."""
     if workers <= 1 or len(u) < 256:
         return _render_rows((u, size))
     chunks = np.array_split(u, workers * 8)
@@ -90,7 +91,7 @@ def make_dataset(
             if f["images"].shape == (n, size, size, 3):
                 images = f["images"]
     if images is None:
-        images = _render_all(u, size, workers) if n else np.zeros((0, size, size, 3), np.uint8)
+        images = render_normals(u, size, workers) if n else np.zeros((0, size, size, 3), np.uint8)
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
