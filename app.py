@@ -374,7 +374,7 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
         for kind, payload in stream_job(job):
             if kind == "step":
                 rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
-                            for term in ("clip", "l2") if term in payload)
+                            for term in ("clip", "l2", "id") if term in payload)
                 status = (f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f} · "
                           f"{eta_text(t_start, payload['step'], int(steps))}")
             elif kind == "preview":
@@ -382,8 +382,9 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
             else:
                 session_mappers = {**session_mappers, name: payload["path"]}
                 choices = mapper_choices(state["model"], session_mappers)
-                yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f});"
-                       " it is now in the mapper list.", pd.DataFrame(rows), gallery,
+                identity = f", identity weight {payload['id_weight']:g}" if payload["id_weight"] else ""
+                yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f}"
+                       f"{identity}); it is now in the mapper list.", pd.DataFrame(rows), gallery,
                        gr.update(choices=choices, value=payload["path"]), session_mappers)
                 return
             if kind == "preview" or time.monotonic() - last_yield > 0.5:
