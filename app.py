@@ -594,7 +594,7 @@ def build_demo() -> gr.Blocks:
                                               elem_id="opt-steps")
                         opt_l2 = gr.Slider(0.0, 0.1, value=0.008, step=0.001,
                                            label="L2 weight — stay close to the source")
-                        opt_id = gr.Slider(0.0, 0.1, value=0.0, step=0.001, label="identity weight")
+                        opt_id = gr.Slider(0.0, 2.0, value=0.0, step=0.005, label="identity weight")
                         with gr.Row():
                             opt_mode = gr.Radio([("edit the seed", "edit"), ("free generation", "free")],
                                                 value="edit", label="mode")
@@ -669,7 +669,7 @@ def build_demo() -> gr.Blocks:
         opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id, opt_mode, opt_space],
                                   [opt_image, opt_info, opt_plot, opt_files], api_visibility="private")
         opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")
-        model.change(identity_slider, [model], [opt_id], api_visibility="private")
+        model.change(optimization_sliders, [model], [opt_l2, opt_id], api_visibility="private")
 
         def pick_example(evt: gr.SelectData, model_name, st):
             seed_value = EXAMPLE_SEEDS[evt.index]
@@ -680,20 +680,22 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         demo.load(_startup_view, [model, state], [state, original, examples], api_visibility="private").then(
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
-        demo.load(identity_slider, [model], [opt_id], api_visibility="private")
+        demo.load(optimization_sliders, [model], [opt_l2, opt_id], api_visibility="private")
     return demo
 
 
-def identity_slider(model: str):
-    """The identity-weight slider for a model: usable with a note when it has an identity network, else set to 0
-    and locked, with the reason."""
+def optimization_sliders(model: str):
+    """The L2 and identity sliders for a model: its default weights; the identity slider is set to 0 and locked,
+    with the reason, when the model has no identity network."""
     try:
+        loaded = STUDIO.model(model)
         available, note = STUDIO.identity_status(model)
     except (ValueError, FileNotFoundError) as exc:
-        available, note = False, str(exc).splitlines()[0]
+        return gr.update(), gr.update(value=0.0, interactive=False, info=str(exc).splitlines()[0])
+    l2 = gr.update(value=loaded.bundle.opt_l2_lambda)
     if available:
-        return gr.update(interactive=True, info=note)
-    return gr.update(value=0.0, interactive=False, info=f"{note} The identity weight stays at 0.")
+        return l2, gr.update(value=loaded.bundle.opt_id_lambda, interactive=True, info=note)
+    return l2, gr.update(value=0.0, interactive=False, info=f"{note} The identity weight stays at 0.")
 
 
 @user_errors

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
     p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
-    p.add_argument("--l2", type=float, default=0.008, help="optimization: L2 weight")
-    p.add_argument("--id-lambda", type=float, default=0.0,
-                   help="optimization: identity weight (the model's identity network)")
+    p.add_argument("--l2", type=float, default=None, help="optimization: L2 weight (default: the model's)")
+    p.add_argument("--id-lambda", type=float, default=None,
+                   help="optimization: identity weight (default: the model's, with its identity network)")
     p.add_argument(
         "--classifier", default=None, help="classifier file (default: assets/toyfaces/classifier.pt)"
     )
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         label = f"latent mapper ({folder}), strength {args.strength:g}"
     else:
         edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda)
-        label = f"latent optimization, {args.steps} steps, l2 {args.l2:g}, id {args.id_lambda:g}"
+        label = f"latent optimization, {edit_fn.describe(specs[0])}"
     load_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -131,33 +131,24 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
     """Latent optimization of a seed's image toward a text (see engines/optimization.py)."""
     from .engines.optimization import optimize
     from .imaging import img_to_image, save_image
-    from .models.identity import identity_for_bundle
-    from .studio import Studio, validate_text
+    from .studio import Studio, optimization_weights, validate_text
 
     text = validate_text(args.text, "target")
     loaded = Studio().model(args.model)
-    identity, id_lambda = None, args.id_lambda
-    if id_lambda is None:
-        # Auto: the notebook's 0.005 when the model has an identity network on disk, else no identity term.
-        try:
-            identity = identity_for_bundle(loaded.name)
-        except FileNotFoundError:
-            identity = None
-        id_lambda = 0.005 if identity is not None else 0.0
-    elif id_lambda > 0:
-        identity = identity_for_bundle(loaded.name)
-        if identity is None:
-            raise CliError(f"model {loaded.name!r} has no identity network; use --id-lambda 0")
+    try:
+        l2_lambda, id_lambda, identity = optimization_weights(loaded, args.l2_lambda, args.id_lambda)
+    except ValueError as exc:
+        raise CliError(f"{exc} (--id-lambda 0)") from None
     w_plus_0 = loaded.source_w_plus(args.seed)
     progress = _stderr_progress()
     t0 = time.perf_counter()
     result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=args.steps, lr=args.lr,
-                      l2_lambda=args.l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
+                      l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
                       progress=progress)
     seconds = time.perf_counter() - t0
     save_image(img_to_image(result.img), args.out)
     return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "text": text, "steps": args.steps,
-            "space": args.space, "lr": args.lr, "l2_lambda": args.l2_lambda, "id_lambda": id_lambda,
+            "space": args.space, "lr": args.lr, "l2_lambda": l2_lambda, "id_lambda": id_lambda,
             "identity": identity.kind if identity is not None else None,
             "clip_loss_start": round(result.history[0].clip_loss, 5),
             "clip_loss_end": round(result.final_clip_loss, 5), "seconds": round(seconds, 2)}
@@ -170,9 +161,11 @@ def _add_optimize_parser(sub) -> None:
     p.add_argument("--text", required=True, help="target description, e.g. 'a person with purple hair'")
     p.add_argument("--steps", type=int, default=40, help="Adam steps (StyleCLIP notebook: 40, script: 300)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--l2-lambda", type=float, default=0.008, help="pull toward the start latent")
+    p.add_argument("--l2-lambda", type=float, default=None,
+                   help="pull toward the start latent; default: the model's (ffhq 0.008 official, toyfaces 0.05)")
     p.add_argument("--id-lambda", type=float, default=None,
-                   help="identity loss weight; default 0.005 if the model has an identity network, else 0")
+                   help="identity loss weight; default: the model's (ffhq 0.005 as the notebook, toyfaces 1.0) when "
+                        "its identity network is on disk, else 0")
     p.add_argument("--space", choices=("w_plus", "s"), default="w_plus")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_optimize)

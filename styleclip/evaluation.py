@@ -571,11 +571,11 @@ def mapper_paths_in(directory: str | Path, specs: Sequence[EditSpec] = BENCHMARK
 class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
-    def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float, id_lambda: float):
-        from .models.identity import identity_for_bundle
+    def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float | None, id_lambda: float | None):
+        from .studio import optimization_weights
 
-        self.loaded, self.steps, self.l2_lambda, self.id_lambda = loaded, int(steps), float(l2_lambda), float(id_lambda)
-        self.identity = identity_for_bundle(loaded.name) if self.id_lambda > 0 else None
+        self.loaded, self.steps = loaded, int(steps)
+        self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
         from .engines.optimization import optimize
@@ -596,10 +596,10 @@ class _OptimizationEdit:
         return f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
 
 
-def optimization_edit(loaded: LoadedModel, steps: int = 40, l2_lambda: float = 0.008,
-                      id_lambda: float = 0.0) -> EditFn:
-    """edit_fn for latent optimization (W+, the notebook's 40 steps and the official L2 weight by default;
-    `id_lambda` > 0 adds the model's identity network, `identity_for_bundle`).
+def optimization_edit(loaded: LoadedModel, steps: int = 40, l2_lambda: float | None = None,
+                      id_lambda: float | None = None) -> EditFn:
+    """edit_fn for latent optimization (W+, the notebook's 40 steps; the weights default to the model's, as the
+    app and CLI use them: `studio.optimization_weights`).
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.

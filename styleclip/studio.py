@@ -147,6 +147,46 @@ def fresh_face_params(seed):
 
     return params_from_normal(np.random.RandomState(validate_seed(seed) + PHOTO_SEED_OFFSET).randn(NUM_PARAMS))
 
+def identity_term(loaded: LoadedModel, weight: float | None, default: float) -> tuple[object, float, str | None]:
+    """The identity network and weight for a loss term.
+
+    Args:
+        weight: None → `default` when the model's identity network is on disk, else 0 (with a note); 0 → no
+            term; > 0 → that weight (ValueError, saying what is missing, when the model has no network).
+
+    Returns:
+        (identity model or None, weight, note or None).
+    """
+    from .models.checkpoints import CheckpointError
+    from .models.identity import identity_for_bundle
+
+    if weight is None:
+        try:
+            identity = identity_for_bundle(loaded.name)
+        except (FileNotFoundError, CheckpointError) as exc:
+            return None, 0.0, f"going without the identity loss: {str(exc).splitlines()[0]}"
+        return (identity, float(default), None) if identity is not None and default > 0 else (None, 0.0, None)
+    weight = validate_range(weight, "identity weight", 0.0, 10.0)
+    if weight == 0:
+        return None, 0.0, None
+    try:
+        identity = identity_for_bundle(loaded.name)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise ValueError(f"{str(exc).splitlines()[0]} Or set the identity weight to 0.") from None
+    if identity is None:
+        raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
+    return identity, weight, None
+
+
+def optimization_weights(loaded: LoadedModel, l2_lambda: float | None = None, id_lambda: float | None = None
+                         ) -> tuple[float, float, object]:
+    """(L2 weight, identity weight, identity model or None) for latent optimization; None → the model's defaults
+    (`ModelBundle.opt_l2_lambda`, and `opt_id_lambda` when its identity network is on disk)."""
+    l2 = loaded.bundle.opt_l2_lambda if l2_lambda is None else validate_range(l2_lambda, "L2 weight", 0.0, 1.0)
+    identity, weight, _ = identity_term(loaded, id_lambda, loaded.bundle.opt_id_lambda)
+    return l2, weight, identity
+
+
 class Studio:
     """Process-wide model cache plus the operations the app exposes."""
 
@@ -235,35 +275,13 @@ class Studio:
 
     # -------------------------------------------------------------------------------- latent optimization
     def mapper_identity(self, model: str, id_weight: float | None = None) -> tuple[object, float, str | None]:
-        """The identity term for mapper training.
-
-        Args:
-            id_weight: None → the bundle's `mapper_id_weight` when its identity network is on disk, else 0;
-                0 → none; > 0 → that weight (ValueError when the model has no identity network).
+        """The identity term for mapper training: `identity_term` with the model's `mapper_id_weight`.
 
         Returns:
             (identity model or None, weight, a note when the automatic choice had to go without one).
         """
-        from .models.checkpoints import CheckpointError
-        from .models.identity import identity_for_bundle
-
         loaded = self.model(model)
-        if id_weight is None:
-            try:
-                identity = identity_for_bundle(loaded.name)
-            except (FileNotFoundError, CheckpointError) as exc:
-                return None, 0.0, f"training without the identity loss: {str(exc).splitlines()[0]}"
-            return (identity, loaded.bundle.mapper_id_weight, None) if identity is not None else (None, 0.0, None)
-        id_weight = validate_range(id_weight, "identity weight", 0.0, 10.0)
-        if id_weight == 0:
-            return None, 0.0, None
-        try:
-            identity = identity_for_bundle(loaded.name)
-        except (FileNotFoundError, CheckpointError) as exc:
-            raise ValueError(f"{str(exc).splitlines()[0]} Or set the identity weight to 0.") from None
-        if identity is None:
-            raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
-        return identity, id_weight, None
+        return identity_term(loaded, id_weight, loaded.bundle.mapper_id_weight)
 
     def identity_status(self, model: str) -> tuple[bool, str]:
         """Whether `model` has an identity network for the identity loss, and a one-line note for the UI.
@@ -284,13 +302,14 @@ class Studio:
             return False, f"The model {loaded.name!r} has no identity network."
         return True, f"identity network: {identity.kind}"
 
-    def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=0.008, id_lambda=0.0,
+    def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=None, id_lambda=None,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
                  on_step=None, mode: str = "edit", space: str = "w_plus",
                  w_plus_source: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
+            l2_lambda, id_lambda: loss weights; None → the model's defaults (`optimization_weights`).
             progress: progress(done, total, stage) after every step.
             should_stop: polled before every step; True ends the run with `OptimizationCancelled`, whose
                 `.result` holds the latest latent.
@@ -304,22 +323,17 @@ class Studio:
             (edited image uint8 [R, R, 3], info with the losses, the settings and the timing).
         """
         from .engines.optimization import optimize
-        from .models.identity import identity_for_bundle
 
         t0 = time.perf_counter()
         text = validate_text(text, "target")
         steps = int(validate_range(steps, "steps", *OPT_STEPS_RANGE))
-        l2_lambda = validate_range(l2_lambda, "L2 weight", 0.0, 1.0)
-        id_lambda = validate_range(id_lambda, "identity weight", 0.0, 1.0)
         loaded = self.model(model)
+        l2_lambda, id_lambda, identity = optimization_weights(loaded, l2_lambda, id_lambda)
         seed = validate_seed(seed)
         if mode not in OPT_MODES:
             raise ValueError(f"mode must be one of {', '.join(OPT_MODES)}, got {mode!r}.")
         if space not in ("w_plus", "s"):
             raise ValueError(f"space must be 'w_plus' or 's', got {space!r}.")
-        identity = identity_for_bundle(loaded.name) if id_lambda > 0 else None
-        if id_lambda > 0 and identity is None:
-            raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
         preview = None if on_preview is None else (lambda step, img: on_preview(step, img_to_image(img[0])))
         if mode == "free":
             start = loaded.generator.w_to_w_plus(loaded.generator.latent_avg[None].clone())

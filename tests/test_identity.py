@@ -218,7 +218,8 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
     assert "train_identity" in studio.mapper_identity("toyfaces")[2]
     with pytest.raises(ValueError, match="train_identity"):
         studio.mapper_identity("toyfaces", 0.3)
-    update = app.identity_slider("toyfaces")
+    l2, update = app.optimization_sliders("toyfaces")
+    assert l2["value"] == studio.model("toyfaces").bundle.opt_l2_lambda
     assert update["value"] == 0.0 and update["interactive"] is False and "stays at 0" in update["info"]
 
     save_identity(small_identity(), tmp_path / "i.pt")
@@ -230,5 +231,6 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
     assert isinstance(identity, ToyfacesIdentity) and weight == studio.model("toyfaces").bundle.mapper_id_weight
     assert studio.mapper_identity("toyfaces", 0.0)[:2] == (None, 0.0)
     assert studio.mapper_identity("toyfaces", 0.3)[1] == 0.3
-    assert app.identity_slider("toyfaces")["interactive"] is True
-    assert app.identity_slider("no-such-model")["interactive"] is False  # a plain note, no exception
+    update = app.optimization_sliders("toyfaces")[1]
+    assert update["interactive"] is True and update["value"] == studio.model("toyfaces").bundle.opt_id_lambda
+    assert app.optimization_sliders("no-such-model")[1]["interactive"] is False  # a plain note, no exception

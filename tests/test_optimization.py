@@ -165,5 +165,11 @@ def test_cli_optimize_on_the_embedded_model(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out.is_file() and line["steps"] == 3 and line["out"] == str(out)
     assert set(line) >= {"clip_loss_start", "clip_loss_end", "seconds", "identity"}
+    assert line["id_lambda"] == 0.0 and line["identity"] is None and line["l2_lambda"] == bundle.opt_l2_lambda
+    # without --id-lambda: the model's default weight with its identity network
+    assert main(["optimize", "--model", "toyfaces", "--seed", "1", "--text", "a face with a big smile",
+                 "--steps", "2", "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["id_lambda"] == bundle.opt_id_lambda and line["identity"] == "toyfaces-identity"
     assert main(["optimize", "--model", "toyfaces", "--text", "", "--steps", "3", "--out", str(out)]) == 2
     assert "empty" in capsys.readouterr().err

@@ -39,6 +39,8 @@ class ModelBundle:
             aligned by construction: centre crop and resize).
         mapper_id_weight: the identity-loss weight mapper training uses by default when the model's identity
             network is on disk (the official 0.1 with ArcFace; each network's 1 − cos has its own scale).
+        opt_l2_lambda, opt_id_lambda: latent optimization's default L2 and identity weights (the identity one
+            applies when the identity network is on disk). FFHQ: the official 0.008 and the notebook's 0.005.
     """
 
     name: str
@@ -50,6 +52,8 @@ class ModelBundle:
     description: str = ""
     alignment: str = "ffhq"
     mapper_id_weight: float = 0.1
+    opt_l2_lambda: float = 0.008
+    opt_id_lambda: float = 0.005
 
 
 _BUNDLES: dict[str, ModelBundle] = {}
@@ -69,11 +73,13 @@ registry.register(registry.ModelFile(
 registry.register(registry.ModelFile(
     name="toyfaces-clip", filename="toyfaces-clip.pt", kind="clip", asset_path="toyfaces/clip.pt",
     description="embedded small CLIP (64 px ViT) trained on toyfaces captions (python -m styleclip.toyfaces.train_clip)"))
-# The identity weight of the shipped toyfaces mappers (BENCHMARKS.md, "Identity term in mapper training").
+# The identity weight of the shipped toyfaces mappers, and the optimization defaults for this model (BENCHMARKS.md,
+# "Identity term in mapper training" and the edit benchmark).
 MAPPER_ID_WEIGHT_TOYFACES = 0.3
 register_bundle(ModelBundle(
     name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
     auto_beta_floor=20, truncation=1.0, alignment="center", mapper_id_weight=MAPPER_ID_WEIGHT_TOYFACES,
+    opt_l2_lambda=0.05, opt_id_lambda=1.0,
     description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",

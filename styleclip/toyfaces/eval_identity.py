@@ -26,7 +26,7 @@ import torch
 
 from .attributes import ATTRIBUTES
 from .classifier import to_img
-from .identity_net import IDENTITY_ATTRIBUTES, ToyfacesIdentity, load_identity
+from .identity_net import ToyfacesIdentity, load_identity
 from .renderer import NUM_PARAMS, params_from_normal, render, set_attribute
 from .train_identity import EDITABLE_ATTRIBUTES, changed_normal, identity_triplets, same_person
 

@@ -22,7 +22,7 @@ from PIL import Image
 from styleclip.toyfaces.classifier import DEFAULT_PATH, AttributeClassifier, save_classifier, to_img
 from styleclip.toyfaces.dataset import make_dataset, observable_array
 
-__all__ = ["augment", "classifier_loss", "train", "main"]
+__all__ = ["augment", "classifier_loss", "train", "training_parser", "main"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CKPT = _REPO_ROOT / "runs" / "toyfaces_classifier" / "last.pt"
@@ -262,18 +262,25 @@ def train(
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2400)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--train-n", type=int, default=100_000, help="cached training renders")
+def training_parser(doc: str | None, steps: int, batch: int, lr: float, ckpt: Path, out: Path,
+                    batch_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every toyfaces CNN trainer shares: steps, batch, lr, seed, workers, threads, ckpt, out, resume."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--batch", type=int, default=batch, help=batch_help)
+    ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="processes that render the dataset cache")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
-    ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
-    ap.add_argument("--out", default=str(DEFAULT_PATH))
+    ap.add_argument("--ckpt", default=str(ckpt))
+    ap.add_argument("--out", default=str(out))
     ap.add_argument("--resume", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = training_parser(__doc__, 2400, 128, 2e-3, DEFAULT_CKPT, DEFAULT_PATH)
+    ap.add_argument("--train-n", type=int, default=100_000, help="cached training renders")
     ap.add_argument(
         "--eval-n", type=int, default=2000, help="fresh held-out renders to score at the end (0: skip)"
     )

@@ -20,7 +20,6 @@ classifier is involved.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -36,7 +35,7 @@ from .attributes import ATTRIBUTES, attribute
 from .dataset import cache_dir, labels_array, observable_array, render_normals
 from .identity_net import DEFAULT_PATH, IDENTITY_ATTRIBUTES, ToyfacesIdentity, save_identity
 from .renderer import NUM_PARAMS, RENDERER_VERSION, params_from_normal
-from .train_classifier import _lr_at, augment
+from .train_classifier import _lr_at, augment, training_parser
 
 __all__ = ["EDITABLE_ATTRIBUTES", "changed_normal", "identity_triplet_normals", "identity_triplets", "same_person", "identity_loss", "train", "main"]
 
@@ -145,9 +144,9 @@ def identity_loss(emb: torch.Tensor, n: int, indistinct: torch.Tensor, temperatu
     return F.cross_entropy(sim, partner)
 
 
-def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, n_triplets: int = 8000, seed: int = 0,
+def train(steps: int = 1000, batch: int = 64, lr: float = 2e-3, n_triplets: int = 12000, seed: int = 0,
           ckpt_path: str | Path = DEFAULT_CKPT, out_path: str | Path | None = DEFAULT_PATH, resume: bool = False,
-          ckpt_every_s: float = 120.0, workers: int = 2, log: Callable[[str], None] = print,
+          ckpt_every: int = 50, workers: int = 2, log: Callable[[str], None] = print,
           data: tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
           ) -> tuple[ToyfacesIdentity, float]:
     """Trains the identity network; returns it and the final running loss (also written to out_path).
@@ -156,7 +155,7 @@ def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, n_triplets: int 
         steps: optimiser steps; batch: people per step (3 renders each); lr: peak AdamW learning rate.
         n_triplets: cached triplets (`identity_triplets(n_triplets, seed=2000 + seed)`).
         seed: seeds the data, the initialisation, the batch order and the augmentations.
-        ckpt_path: resumable checkpoint, written every `ckpt_every_s` seconds and at the end.
+        ckpt_path: resumable checkpoint, written every `ckpt_every` steps and at the end.
         data: (images, labels, visible) as `identity_triplets` returns, instead of the cache (tests).
     """
     torch.manual_seed(seed)
@@ -186,7 +185,7 @@ def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, n_triplets: int 
 
     nn_module = torch.nn.Module.train  # the IdentityModel override pins eval mode; training needs BatchNorm
     nn_module(model, True)
-    t_start = last_ckpt = last_log = time.time()
+    t_start = last_log = time.time()
     start_step, per_epoch = step, max(1, n // batch)
     while step < steps:
         epoch, k = divmod(step, per_epoch)
@@ -210,10 +209,8 @@ def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, n_triplets: int 
             log(f"step {step}/{steps} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"eta {(steps - step) / max(rate, 1e-9) / 60:.1f} min")
             last_log = now
-        if now - last_ckpt > ckpt_every_s:
+        if step % ckpt_every == 0 or step == steps:
             save_ckpt()
-            last_ckpt = now
-    save_ckpt()
     model.eval()
     if out_path is not None:
         save_identity(model, out_path, meta={"steps": steps, "batch": batch, "lr": lr, "n_triplets": n,
@@ -223,17 +220,8 @@ def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, n_triplets: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--batch", type=int, default=64, help="people per step (3 renders each)")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--triplets", type=int, default=8000, help="cached training triplets")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2, help="processes that render the cache")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
-    ap.add_argument("--ckpt", default=str(DEFAULT_CKPT))
-    ap.add_argument("--out", default=str(DEFAULT_PATH))
-    ap.add_argument("--resume", action="store_true")
+    ap = training_parser(__doc__, 1000, 64, 2e-3, DEFAULT_CKPT, DEFAULT_PATH, "faces per step (3 renders each)")
+    ap.add_argument("--triplets", type=int, default=12000, help="cached training triplets")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args.steps, args.batch, args.lr, args.triplets, args.seed, args.ckpt, args.out, args.resume,
