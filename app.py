@@ -613,23 +613,27 @@ def build_demo() -> gr.Blocks:
                                             file_count="multiple", interactive=False)
         gr.Markdown(f"<small>custom ops: {ops.describe()} · torch {torch.__version__}</small>")
 
-        # hidden API endpoint global_edit(model, seed, neutral, target, alpha, beta) -> (image, info)
+        # Hidden API endpoints; their input components live in an invisible row so the page does not show them.
         with gr.Row(visible=False):
+            # global_edit(model, seed, neutral, target, alpha, beta) -> (image, info)
             api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Textbox(), gr.Number(), gr.Number()]
             api_out = [gr.Image(type="numpy"), gr.JSON()]
             api_btn = gr.Button()
+            # invert_photo(model, photo, steps) -> (reconstruction, info); queued (seconds)
+            invert_api_in = [gr.Textbox(), gr.File(type="filepath"), gr.Number()]
+            invert_btn = gr.Button()
+            # optimize(model, seed, text, steps, l2_lambda, id_lambda, mode, space) -> (image, info); queued
+            opt_api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Number(), gr.Number(), gr.Number(),
+                          gr.Textbox(), gr.Textbox()]
+            opt_api_btn = gr.Button()
+            # apply_mapper(model, mapper, seed, strength) -> (image, info): mapper is a shipped mapper's name
+            mapper_api_in = [gr.Textbox(), gr.Textbox(), gr.Number(), gr.Number()]
+            mapper_api_btn = gr.Button()
         # Served outside the queue: one synthesis is cheaper than the queue's SSE round trips.
         api_btn.click(api_global_edit, api_in, api_out, api_name="global_edit", queue=False)
-        # invert_photo(model, photo, steps) -> (reconstruction, info); queued (seconds)
-        gr.Button(visible=False).click(api_invert_photo, [gr.Textbox(), gr.File(type="filepath"), gr.Number()],
-                                       api_out, api_name="invert_photo")
-        # optimize(model, seed, text, steps, l2_lambda, id_lambda, mode, space) -> (image, info); queued (seconds)
-        opt_api_in = [gr.Textbox(), gr.Number(), gr.Textbox(), gr.Number(), gr.Number(), gr.Number(),
-                      gr.Textbox(), gr.Textbox()]
-        gr.Button(visible=False).click(api_optimize, opt_api_in, api_out, api_name="optimize")
-        # apply_mapper(model, mapper, seed, strength) -> (image, info): mapper is a shipped mapper's name
-        mapper_api_in = [gr.Textbox(), gr.Textbox(), gr.Number(), gr.Number()]
-        gr.Button(visible=False).click(api_apply_mapper, mapper_api_in, api_out, api_name="apply_mapper")
+        invert_btn.click(api_invert_photo, invert_api_in, api_out, api_name="invert_photo")
+        opt_api_btn.click(api_optimize, opt_api_in, api_out, api_name="optimize")
+        mapper_api_btn.click(api_apply_mapper, mapper_api_in, api_out, api_name="apply_mapper")
 
         edit_inputs = [state, neutral, target, alpha, beta]
         edit_outputs = [edited, info, channels]

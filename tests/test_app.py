@@ -182,6 +182,11 @@ def test_browser_latent_optimization_tab(browser):
     tab = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']")
                if "optimization" in b.text.lower())
     tab.click()
+    # the model's identity network is named under the slider, and its default weights are set
+    wait.until(lambda d: "identity network: toyfaces-identity" in d.find_element(By.TAG_NAME, "body").text)
+    # the API-only inputs stay hidden (they used to show as bare "Textbox"/"Number" fields at the bottom)
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='block-info']")]
+    assert not {"Textbox", "Number", "File"} & set(labels), labels
     steps = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#opt-steps input[type='number']"))
     steps.clear()
     steps.send_keys("6")
