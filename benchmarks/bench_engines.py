@@ -26,7 +26,7 @@ from styleclip.engines.mapper import LevelsMapper, apply_mapper  # noqa: E402
 from styleclip.engines.optimization import optimize  # noqa: E402
 from styleclip.models.clip_model import ClipModel, build_small_clip  # noqa: E402
 from styleclip.models.generator import Generator  # noqa: E402
-from styleclip.studio import Studio  # noqa: E402
+from styleclip.studio import Studio, optimization_weights  # noqa: E402
 
 
 def mapper_ms_per_image(loaded, batch: int, reps: int = 10) -> float:
@@ -41,11 +41,12 @@ def mapper_ms_per_image(loaded, batch: int, reps: int = 10) -> float:
     return statistics.median(times[1:]) * 1000 / batch
 
 
-def seconds_per_step(generator, clip_model, steps: int) -> float:
+def seconds_per_step(generator, clip_model, steps: int, **weights) -> float:
+    """Seconds per optimization step; `weights`: l2_lambda, id_lambda, identity as `optimize` takes them."""
     w_plus = generator.w_to_w_plus(generator.latent_avg[None].clone())
-    optimize(generator, clip_model, "a smiling face", w_plus, steps=1)  # warm-up
+    optimize(generator, clip_model, "a smiling face", w_plus, steps=1, **weights)  # warm-up
     t0 = time.perf_counter()
-    optimize(generator, clip_model, "a smiling face", w_plus, steps=steps)
+    optimize(generator, clip_model, "a smiling face", w_plus, steps=steps, **weights)
     return (time.perf_counter() - t0) / steps
 
 
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
               "mapper_ms_per_image_batch8": round(mapper_ms_per_image(loaded, 8), 1),
               "optimization_s_per_step_embedded": round(seconds_per_step(loaded.generator, loaded.clip,
                                                                          args.opt_steps), 3)}
+    l2, id_lambda, identity = optimization_weights(loaded)  # the model's defaults, as the app runs them
+    if identity is not None:
+        result["optimization_s_per_step_embedded_defaults"] = round(seconds_per_step(
+            loaded.generator, loaded.clip, args.opt_steps, l2_lambda=l2, id_lambda=id_lambda, identity=identity), 3)
     if not args.skip_ffhq:
         torch.manual_seed(0)
         generator = Generator(1024).eval().requires_grad_(False)
