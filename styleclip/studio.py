@@ -147,6 +147,18 @@ def fresh_face_params(seed):
 
     return params_from_normal(np.random.RandomState(validate_seed(seed) + PHOTO_SEED_OFFSET).randn(NUM_PARAMS))
 
+
+def load_identity_network(loaded: LoadedModel) -> tuple[object, str | None]:
+    """(the model's identity network or None, why it is missing: None when found or when the model has none)."""
+    from .models.checkpoints import CheckpointError
+    from .models.identity import identity_for_bundle
+
+    try:
+        return identity_for_bundle(loaded.name), None
+    except (FileNotFoundError, CheckpointError) as exc:
+        return None, str(exc).splitlines()[0]
+
+
 def identity_term(loaded: LoadedModel, weight: float | None, default: float) -> tuple[object, float, str | None]:
     """The identity network and weight for a loss term.
 
@@ -157,22 +169,17 @@ def identity_term(loaded: LoadedModel, weight: float | None, default: float) -> 
     Returns:
         (identity model or None, weight, note or None).
     """
-    from .models.checkpoints import CheckpointError
-    from .models.identity import identity_for_bundle
-
+    if weight is not None:
+        weight = validate_range(weight, "identity weight", 0.0, 10.0)
+        if weight == 0:
+            return None, 0.0, None
+    identity, problem = load_identity_network(loaded)
     if weight is None:
-        try:
-            identity = identity_for_bundle(loaded.name)
-        except (FileNotFoundError, CheckpointError) as exc:
-            return None, 0.0, f"going without the identity loss: {str(exc).splitlines()[0]}"
-        return (identity, float(default), None) if identity is not None and default > 0 else (None, 0.0, None)
-    weight = validate_range(weight, "identity weight", 0.0, 10.0)
-    if weight == 0:
-        return None, 0.0, None
-    try:
-        identity = identity_for_bundle(loaded.name)
-    except (FileNotFoundError, CheckpointError) as exc:
-        raise ValueError(f"{str(exc).splitlines()[0]} Or set the identity weight to 0.") from None
+        if identity is None or default <= 0:
+            return None, 0.0, problem and f"going without the identity loss: {problem}"
+        return identity, float(default), None
+    if problem is not None:
+        raise ValueError(f"{problem} Or set the identity weight to 0.")
     if identity is None:
         raise ValueError(f"The model {loaded.name!r} has no identity network; set the identity weight to 0.")
     return identity, weight, None
@@ -290,14 +297,10 @@ class Studio:
             (available, note): e.g. (True, "identity network: toyfaces-identity"), or (False, what is missing
             and where to put it).
         """
-        from .models.checkpoints import CheckpointError
-        from .models.identity import identity_for_bundle
-
         loaded = self.model(model)
-        try:
-            identity = identity_for_bundle(loaded.name)
-        except (FileNotFoundError, CheckpointError) as exc:
-            return False, f"No identity network for {loaded.name!r}: {str(exc).splitlines()[0]}"
+        identity, problem = load_identity_network(loaded)
+        if problem is not None:
+            return False, f"No identity network for {loaded.name!r}: {problem}"
         if identity is None:
             return False, f"The model {loaded.name!r} has no identity network."
         return True, f"identity network: {identity.kind}"

@@ -20,7 +20,7 @@ from styleclip.toyfaces.renderer import (
     render,
 )
 
-__all__ = ["make_dataset", "render_normals", "normals_for", "labels_array", "observable_array", "cache_dir"]
+__all__ = ["make_dataset", "cached_renders", "render_normals", "normals_for", "labels_array", "observable_array", "cache_dir"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,16 +85,21 @@ def make_dataset(
     u = normals_for(n, seed)
     params = [params_from_normal(row) for row in u]
     path = cache_dir() / f"faces_v{RENDERER_VERSION}_n{n}_s{seed}_r{size}.npz"
-    images = None
-    if use_cache and path.exists():
-        with np.load(path) as f:
-            if f["images"].shape == (n, size, size, 3):
-                images = f["images"]
-    if images is None:
-        images = render_normals(u, size, workers) if n else np.zeros((0, size, size, 3), np.uint8)
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-            np.savez(tmp, images=images)
-            os.replace(tmp, path)
+    images = cached_renders(path if use_cache else None, u, size, workers)
     return images, labels_array(params), params
+
+
+def cached_renders(path: Path | None, u: np.ndarray, size: int, workers: int) -> np.ndarray:
+    """The renders of normals u [N, NUM_PARAMS] → uint8 [N, size, size, 3], read from the .npz at `path` when it
+    holds them, else rendered (`render_normals`) and written there atomically (path None: no cache)."""
+    if path is not None and path.is_file():
+        with np.load(path) as f:
+            if f["images"].shape == (len(u), size, size, 3):
+                return f["images"]
+    images = render_normals(u, size, workers) if len(u) else np.zeros((0, size, size, 3), np.uint8)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, images=images)
+        os.replace(tmp, path)
+    return images

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checkpoints import CheckpointError
 from ..models.identity import IdentityModel
 from .classifier import INPUT_SIZE, conv_block
 
@@ -79,8 +80,6 @@ def load_identity(path: str | os.PathLike[str] | None = None,
         FileNotFoundError: no such file (the message says how to train one).
         CheckpointError: the file is not an identity network of this layout.
     """
-    from ..models.checkpoints import CheckpointError  # noqa: PLC0415
-
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
         raise FileNotFoundError(f"no toyfaces identity network at {path}; train one with "

@@ -21,7 +21,6 @@ classifier is involved.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .attributes import ATTRIBUTES, attribute
-from .dataset import cache_dir, labels_array, observable_array, render_normals
+from .dataset import cache_dir, cached_renders, labels_array, observable_array
 from .identity_net import DEFAULT_PATH, IDENTITY_ATTRIBUTES, ToyfacesIdentity, save_identity
 from .renderer import NUM_PARAMS, RENDERER_VERSION, params_from_normal
 from .train_classifier import _lr_at, augment, training_parser
@@ -91,17 +90,8 @@ def identity_triplets(n: int, seed: int, size: int = 64, workers: int = 2, use_c
     u = identity_triplet_normals(n, seed)
     params = [params_from_normal(row) for row in u.reshape(-1, NUM_PARAMS)]
     path = cache_dir() / f"identity_v{RENDERER_VERSION}_n{n}_s{seed}_r{size}.npz"
-    images = None
-    if use_cache and path.is_file():
-        with np.load(path) as f:
-            images = f["images"] if f["images"].shape == (3, n, size, size, 3) else None
-    if images is None:
-        images = render_normals(u.reshape(-1, NUM_PARAMS), size, workers).reshape(3, n, size, size, 3)
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-            np.savez(tmp, images=images)
-            os.replace(tmp, path)
+    images = cached_renders(path if use_cache else None, u.reshape(-1, NUM_PARAMS), size, workers)
+    images = images.reshape(3, n, size, size, 3)
     labels = {k: v.reshape(3, n) for k, v in labels_array(params).items()}
     visible = {k: v.reshape(3, n) for k, v in observable_array(params).items()}
     return images, labels, visible
