@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -24,7 +26,8 @@ from styleclip.engines.optimization import OptimizationCancelled
 from styleclip.engines.precompute import Cancelled, precompute
 from styleclip.imaging import img_to_image
 from styleclip.models import model_zoo
-from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_STEPS_DEFAULT,
+from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
+                              INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_STEPS_DEFAULT,
                               MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE,
                               MissingStatisticsError, Studio)
 
@@ -90,6 +93,11 @@ def current_source(state: dict) -> torch.Tensor:
 
 def photo_w_plus(state: dict) -> torch.Tensor | None:
     return None if state.get("photo_w_plus") is None else torch.from_numpy(state["photo_w_plus"])
+
+
+def photo_s(state: dict) -> torch.Tensor | None:
+    """The inverted photo's flat S code [1, s_dim] (refined in S), or None."""
+    return None if state.get("photo_s") is None else torch.from_numpy(state["photo_s"])
 
 
 def format_info(info: dict) -> str:
@@ -203,7 +211,8 @@ checkpoint, and training again with the same settings resumes it)."""
 OPTIMIZATION_NOTE = """Optimizes the **current seed's** latent (W+) so that CLIP matches the description, with an L2
 pull toward the start and an optional identity term (StyleCLIP's latent optimization). The preview and the loss plot
 update while it runs; *Stop* keeps what was reached. It starts from the seed's original image (applied global edits
-are not included)."""
+are not included). For an uploaded photo, *S* starts from the reconstruction itself; *W+* starts from the photo's W+
+code, i.e. the reconstruction before its S refinement (a little softer)."""
 
 
 def stream_job(job):
@@ -279,7 +288,7 @@ def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
         return STUDIO.optimize(state["model"], state["seed"], text, steps, l2_lambda, id_lambda,
                                should_stop=should_stop, on_preview=lambda step, im: emit("preview", im),
                                on_step=lambda st: emit("step", st), mode=mode, space=space,
-                               w_plus_source=photo_w_plus(state))
+                               w_plus_source=photo_w_plus(state), s_source=photo_s(state))
     try:
         for kind, payload in stream_job(job):
             if kind == "step":
@@ -346,7 +355,7 @@ def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
     seeds = parse_seeds(seeds_text)
     photo = photo_w_plus(state) if not seeds else None  # no seeds typed: the current source (photo or seed)
     results = STUDIO.apply_mapper(state["model"], mapper_path, seeds or [state["seed"]], strength,
-                                  w_plus_source=photo)
+                                  w_plus_source=photo, s_source=photo_s(state) if photo is not None else None)
     name = lambda seed: "photo" if seed < 0 else f"seed {seed}"  # noqa: E731
     gallery = [item for seed, src, edit in results
                for item in ((for_display(src), name(seed)), (for_display(edit), f"{name(seed)} · mapped"))]
@@ -358,19 +367,30 @@ def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
     return gallery, paths + [mapper_path]
 
 
+def mapper_run_path(model: str, name: str, steps, l2_weight) -> tuple[Path, float]:
+    """The session checkpoint of a mapper run, and the identity weight it trains with (the model's default).
+
+    The name holds every setting a resume must share, so "train again with the same settings" finds the run
+    (also after a restart of the app), and a run under another default identity weight starts its own file.
+    """
+    _, id_weight, _ = STUDIO.mapper_identity(model)
+    settings = json.dumps([model, name, int(steps), float(l2_weight), float(id_weight)])
+    return EXPORT_DIR / f"mapper_{model}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.pt", id_weight
+
+
 def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: dict):
     """Streams (status, loss table, preview gallery, mapper choices, session mappers) while training."""
     name = (text or "").strip()
-    out = EXPORT_DIR / f"mapper_{state['model']}_{abs(hash((name, int(steps), float(l2_weight)))):x}.pt"
     rows: list[dict] = []
     gallery, status, last_yield, t_start = [], "Starting…", 0.0, time.monotonic()
     keep = gr.update()
-
-    def job(emit, should_stop):
-        return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, should_stop=should_stop,
-                                   on_step=lambda rec: emit("step", rec),
-                                   on_preview=lambda step, pairs: emit("preview", pairs))
     try:
+        out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight)
+
+        def job(emit, should_stop):
+            return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, id_weight=id_weight,
+                                       should_stop=should_stop, on_step=lambda rec: emit("step", rec),
+                                       on_preview=lambda step, pairs: emit("preview", pairs))
         for kind, payload in stream_job(job):
             if kind == "step":
                 rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
@@ -397,7 +417,7 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
         raise job_error(exc) from None
 
 
-def on_photo(state: dict, photo_path: str | None, center_if_no_face: bool, steps):
+def on_photo(state: dict, photo_path: str | None, center_if_no_face: bool, steps, s_steps):
     """Upload → aligned preview → inversion (streamed previews) → the reconstruction becomes the source."""
     if not photo_path:
         raise gr.Error("Upload a photo first (or render a fresh toyface).")
@@ -408,7 +428,7 @@ def on_photo(state: dict, photo_path: str | None, center_if_no_face: bool, steps
     yield for_display(aligned), None, f"Aligned ({note}). Inverting…", gr.update(), state
 
     def job(emit, should_stop):
-        return STUDIO.invert_photo(state["model"], aligned, steps, should_stop=should_stop,
+        return STUDIO.invert_photo(state["model"], aligned, steps, s_steps, should_stop=should_stop,
                                    progress=lambda done, total, stage: emit("progress", (done, total)),
                                    on_preview=lambda step, im: emit("preview", im))
     recon, last_yield = None, 0.0
@@ -417,10 +437,7 @@ def on_photo(state: dict, photo_path: str | None, center_if_no_face: bool, steps
             if kind == "preview":
                 recon = for_display(payload)
             elif kind == "done":
-                w_plus, recon_image, info = payload
-                loaded = STUDIO.model(state["model"])
-                with torch.inference_mode():
-                    s_flat = loaded.generator.s_to_flat(loaded.generator.w_plus_to_s(w_plus))
+                w_plus, s_flat, recon_image, info = payload
                 new_state = {**new_session(state["model"], state["seed"]), "photo_w_plus": w_plus.numpy(),
                              "photo_s": s_flat.numpy()}
                 yield (for_display(aligned), for_display(recon_image),
@@ -452,7 +469,7 @@ def api_invert_photo(model: str, photo_path: str, steps: float):
     """API: an uploaded photo → (reconstruction image, info with PSNR); model "" is the default model."""
     try:
         aligned, note = STUDIO.align_photo(model, photo_path, center_crop_if_no_face=False)
-        _, recon, info = STUDIO.invert_photo(model, aligned, steps)
+        _, _, recon, info = STUDIO.invert_photo(model, aligned, steps)
     except (ValueError, FileNotFoundError) as exc:
         raise gr.Error(str(exc)) from None
     return recon, {**info, "alignment": note}
@@ -512,7 +529,9 @@ def build_demo() -> gr.Blocks:
                                        height=220, elem_id="photo-recon")
             with gr.Row():
                 photo_steps = gr.Slider(*INVERT_STEPS_RANGE, value=INVERT_STEPS_DEFAULT, step=1,
-                                        label="inversion steps")
+                                        label="inversion steps (W+)")
+                photo_s_steps = gr.Slider(*INVERT_S_STEPS_RANGE, value=INVERT_S_STEPS_DEFAULT, step=1,
+                                          label="S refinement steps (sharper; 0 = W+ only)")
                 photo_center = gr.Checkbox(False, label="If no face is found, use the centre crop")
                 photo_btn = gr.Button("Align and invert", variant="primary", elem_id="photo-run")
                 photo_stop = gr.Button("Stop")
@@ -658,7 +677,7 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         export_btn.click(on_export, edit_inputs, [exports], api_visibility="private")
         compute_btn.click(on_compute_stats, [state], [compute_msg], api_visibility="private")
-        photo_event = photo_btn.click(on_photo, [state, photo, photo_center, photo_steps],
+        photo_event = photo_btn.click(on_photo, [state, photo, photo_center, photo_steps, photo_s_steps],
                                       [photo_aligned, photo_recon, photo_status, original, state],
                                       api_visibility="private")
         photo_event.then(on_edit, edit_inputs, edit_outputs, api_visibility="private")

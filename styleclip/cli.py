@@ -306,25 +306,36 @@ def cmd_align(args: argparse.Namespace) -> dict:
 
 
 def cmd_invert(args: argparse.Namespace) -> dict:
-    """Projection of an (already aligned) photo into W+; writes w_plus and the PSNR to an .npz."""
+    """Projection of an (already aligned) photo into W+, optionally refined in S; writes w_plus, the flat s of the
+    reconstruction and the PSNR to an .npz."""
     from .engines.alignment import load_image
     from .engines.inversion import invert
     from .imaging import image_to_img, img_to_image, save_image
-    from .studio import Studio
+    from .studio import INVERT_PIXEL_LOSS, INVERT_S_STEPS_DEFAULT, Studio
 
-    if args.steps < 1:
-        raise CliError(f"--steps must be >= 1, got {args.steps}")
+    if args.s_steps is None:
+        args.s_steps = INVERT_S_STEPS_DEFAULT
+    pixel_loss = args.pixel_loss or INVERT_PIXEL_LOSS
+    if args.steps < 1 or args.s_steps < 0:
+        raise CliError(f"--steps must be >= 1 and --s-steps >= 0, got {args.steps} and {args.s_steps}")
     image = load_image(args.image)
     loaded = Studio().model(args.model)
     target = image_to_img(image, loaded.generator.size)  # [1, 3, R, R] in [-1, 1]
     progress = _stderr_progress()
     t0 = time.perf_counter()
-    result = invert(loaded.generator, loaded.clip, target, steps=args.steps, lr=args.lr, progress=progress)
+    result = invert(loaded.generator, loaded.clip, target, steps=args.steps, lr=args.lr, s_steps=args.s_steps,
+                    pixel_loss=pixel_loss, progress=progress)
     seconds = time.perf_counter() - t0
-    np.savez(args.out, w_plus=result.w_plus.cpu().numpy().astype(np.float32), psnr=np.float32(result.psnr),
-             psnr_start=np.float32(result.psnr_start), model=np.str_(loaded.name), steps=np.int64(args.steps))
-    out = {"out": str(args.out), "model": loaded.name, "steps": args.steps, "psnr_start": round(result.psnr_start, 3),
-           "psnr": round(result.psnr, 3), "seconds": round(seconds, 2)}
+    generator = loaded.generator
+    with torch.inference_mode():
+        s_flat = generator.s_to_flat(result.s if result.s is not None else generator.w_plus_to_s(result.w_plus))
+    np.savez(args.out, w_plus=result.w_plus.cpu().numpy().astype(np.float32),
+             s=s_flat.cpu().numpy().astype(np.float32), psnr=np.float32(result.psnr),
+             psnr_start=np.float32(result.psnr_start), model=np.str_(loaded.name), steps=np.int64(args.steps),
+             s_steps=np.int64(args.s_steps))
+    out = {"out": str(args.out), "model": loaded.name, "steps": args.steps, "s_steps": args.s_steps,
+           "pixel_loss": pixel_loss,
+           "psnr_start": round(result.psnr_start, 3), "psnr": round(result.psnr, 3), "seconds": round(seconds, 2)}
     if args.recon is not None:
         save_image(img_to_image(result.img), args.recon)
         out["recon"] = str(args.recon)
@@ -343,9 +354,15 @@ def _add_photo_parsers(sub) -> None:
     p = sub.add_parser("invert", help="project an aligned photo into W+ (writes w_plus and PSNR to .npz)")
     p.add_argument("--model", default="", help="model name; default: the embedded model")
     p.add_argument("--image", type=Path, required=True, help="aligned photo (e.g. from `align`)")
-    p.add_argument("--out", type=Path, required=True, help="output .npz (w_plus [1, L, D], psnr)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output .npz (w_plus [1, L, D], s [1, s_dim] of the reconstruction, psnr)")
     p.add_argument("--steps", type=int, default=200, help="Adam steps on W+")
+    p.add_argument("--s-steps", type=int, default=None,
+                   help="Adam steps refining the result in S (default: the app's, 150; 0: W+ only; a refined s "
+                        "has no W+ preimage)")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--pixel-loss", choices=("mse", "l1", "lap1"), default=None,
+                   help="pixel term (default: the app's, lap1 = Laplacian-pyramid L1)")
     p.add_argument("--recon", type=Path, default=None, help="also save the reconstruction as an image")
     p.set_defaults(func=cmd_invert)
 

@@ -40,6 +40,11 @@ MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
 MAX_BATCH_SEEDS = 16
 INVERT_STEPS_RANGE = (1, 1000)
 INVERT_STEPS_DEFAULT = 150
+# S refinement after the W+ stage: on the embedded model it lifts attribute agreement of fresh renders from
+# 82% to 9x% (BENCHMARKS.md, inversion); the result is an S code with no exact W+ preimage.
+INVERT_S_STEPS_RANGE = (0, 1000)
+INVERT_S_STEPS_DEFAULT = 150
+INVERT_PIXEL_LOSS = "lap1"  # Laplacian-pyramid L1: sharper small parts than MSE at the same steps (BENCHMARKS.md)
 PHOTO_SEED_OFFSET = 10_000_019  # fresh renders use other normals than the generator's seed of the same number
 
 
@@ -308,7 +313,8 @@ class Studio:
     def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=None, id_lambda=None,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
                  on_step=None, mode: str = "edit", space: str = "w_plus",
-                 w_plus_source: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
+                 w_plus_source: torch.Tensor | None = None,
+                 s_source: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
@@ -321,6 +327,8 @@ class Studio:
             mode: "edit" starts from the seed's latent, "free" (free generation) from the mean latent.
             space: "w_plus" or "s" (conv style channels only).
             w_plus_source: [1, L, D] start latent for "edit" mode instead of the seed's (an inverted photo).
+            s_source: [1, s_dim] flat S start for "edit" mode in space "s" (the photo's S-refined code); a W+
+                run starts from w_plus_source.
 
         Returns:
             (edited image uint8 [R, R, 3], info with the losses, the settings and the timing).
@@ -342,7 +350,10 @@ class Studio:
             start = loaded.generator.w_to_w_plus(loaded.generator.latent_avg[None].clone())
         else:
             start = loaded.source_w_plus(seed) if w_plus_source is None else torch.as_tensor(w_plus_source)
-        result = optimize(loaded.generator, loaded.clip, text, start, steps=steps, space=space,
+        s_0 = None
+        if mode == "edit" and space == "s" and s_source is not None:
+            s_0 = loaded.generator.flat_to_s(torch.as_tensor(s_source).reshape(1, -1))
+        result = optimize(loaded.generator, loaded.clip, text, start, steps=steps, space=space, s_0=s_0,
                           l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, progress=progress,
                           should_stop=should_stop, preview_every=preview_every, on_preview=preview,
                           on_step=on_step)
@@ -363,10 +374,13 @@ class Studio:
         return {p.stem.replace("_", " "): p for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
 
     def apply_mapper(self, model: str, mapper_path: str | Path, seeds, strength=1.0,
-                     w_plus_source: torch.Tensor | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+                     w_plus_source: torch.Tensor | None = None,
+                     s_source: torch.Tensor | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """Applies a mapper file to each seed: [(seed, source image, edited image)] (uint8 [R, R, 3]).
 
-        `w_plus_source` [1, L, D] (an inverted photo) replaces the seeds; it is reported as seed -1.
+        `w_plus_source` [1, L, D] (an inverted photo) replaces the seeds; it is reported as seed -1. With it,
+        `s_source` [1, s_dim] (the photo's S-refined code) keeps the refinement: the mapper edits the W+ code and
+        the S difference s_source − S(w_plus_source) is added to the source and to the edit alike.
         """
         from .engines.mapper import apply_mapper, load_mapper
 
@@ -382,7 +396,14 @@ class Studio:
         with torch.inference_mode():
             w_plus = (torch.as_tensor(w_plus_source) if w_plus_source is not None
                       else torch.cat([loaded.source_w_plus(s) for s in seeds]))
-            imgs = loaded.generator.synthesis_w_plus(torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)]))
+            generator = loaded.generator
+            both = torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)])
+            if w_plus_source is not None and s_source is not None:
+                flat = generator.s_to_flat(generator.w_plus_to_s(both))
+                flat = flat + (torch.as_tensor(s_source).reshape(1, -1) - flat[:1])
+                imgs = generator.synthesis(generator.flat_to_s(flat))
+            else:
+                imgs = generator.synthesis_w_plus(both)
         images = img_to_images(imgs)
         return [(s, images[i], images[len(seeds) + i]) for i, s in enumerate(seeds)]
 
@@ -454,22 +475,30 @@ class Studio:
             raise ValueError("Fresh renders exist only for the embedded toyfaces model; upload a photo instead.")
         return render(fresh_face_params(seed), loaded.generator.size)
 
-    def invert_photo(self, model: str, image: np.ndarray, steps=INVERT_STEPS_DEFAULT, progress=None,
-                     should_stop=None, on_preview=None, preview_every: int = 10) -> tuple[torch.Tensor, np.ndarray, dict]:
-        """Inverts an aligned image (uint8 [R, R, 3]) into W+.
+    def invert_photo(self, model: str, image: np.ndarray, steps=INVERT_STEPS_DEFAULT,
+                     s_steps=INVERT_S_STEPS_DEFAULT, progress=None, should_stop=None, on_preview=None,
+                     preview_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict]:
+        """Inverts an aligned image (uint8 [R, R, 3]) into W+, then refines it in S for `s_steps` steps.
 
         Returns:
-            (w_plus [1, L, D], reconstruction uint8 [R, R, 3], info with PSNR and timing).
+            (w_plus [1, L, D] of the W+ stage, flat s [1, s_dim] of the reconstruction (the refined S code, or
+            the W+ code's when s_steps = 0), reconstruction uint8 [R, R, 3], info with PSNR and timing).
         """
         from .engines.inversion import invert
 
         t0 = time.perf_counter()
         steps = int(validate_range(steps, "steps", *INVERT_STEPS_RANGE))
+        s_steps = int(validate_range(s_steps, "S refinement steps", *INVERT_S_STEPS_RANGE))
         loaded = self.model(model)
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
         preview = None if on_preview is None else (lambda step, im: on_preview(step, img_to_image(im[0])))
-        result = invert(loaded.generator, loaded.clip, img, steps=steps, progress=progress,
+        result = invert(loaded.generator, loaded.clip, img, steps=steps, s_steps=s_steps,
+                        pixel_loss=INVERT_PIXEL_LOSS, progress=progress,
                         should_stop=should_stop, preview_every=preview_every, on_preview=preview)
-        info = {"model": loaded.name, "steps": steps, "psnr": round(float(result.psnr), 2),
+        generator = loaded.generator
+        with torch.inference_mode():
+            s_flat = generator.s_to_flat(result.s if result.s is not None
+                                         else generator.w_plus_to_s(result.w_plus))
+        info = {"model": loaded.name, "steps": steps, "s_steps": s_steps, "psnr": round(float(result.psnr), 2),
                 "seconds": round(time.perf_counter() - t0, 2)}
-        return result.w_plus.detach(), img_to_image(result.img[0]), info
+        return result.w_plus.detach(), s_flat, img_to_image(result.img[0]), info

@@ -279,3 +279,17 @@ def test_browser_photo_upload_flow(browser):
     browser.find_element(By.ID, "photo-run").click()
     wait.until(lambda d: _text(d, "photo-status").startswith("Inverted"))
     assert "PSNR" in _text(browser, "photo-status") and _img_src(browser, "photo-recon")
+
+
+def test_mapper_run_path_is_stable_and_names_the_identity_weight(monkeypatch):
+    sys.path.insert(0, str(REPO))
+    import app
+
+    path, id_weight = app.mapper_run_path("toyfaces", "smiling face", 300, 0.8)
+    assert id_weight == app.STUDIO.model("toyfaces").bundle.mapper_id_weight
+    assert app.mapper_run_path("toyfaces", "smiling face", 300, 0.8) == (path, id_weight)
+    assert app.mapper_run_path("toyfaces", "smiling face", 301, 0.8)[0] != path
+    # A run trained under another default identity weight must not be resumed as if it were this one.
+    monkeypatch.setattr(app.STUDIO, "mapper_identity", lambda model: (None, 0.0, None))
+    other_path, other_weight = app.mapper_run_path("toyfaces", "smiling face", 300, 0.8)
+    assert other_weight == 0.0 and other_path != path and other_path.parent == path.parent

@@ -295,6 +295,34 @@ def test_build_small_clip_defaults_rebuild_with_build_model():
     assert clip_config(rebuilt) == config
 
 
+def test_build_small_clip_resnet_tower_rebuilds_and_loads(tmp_path):
+    model = build_small_clip(embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
+                             vision_patch_size=None, transformer_width=64, transformer_heads=1,
+                             transformer_layers=1, seed=0)
+    config = clip_config(model)
+    assert config["vision_layers"] == (1, 1, 1, 1) and config["vision_patch_size"] is None
+    assert clip_config(build_model({k: v.clone() for k, v in model.state_dict().items()})) == config
+    path = tmp_path / "rn.pt"
+    torch.save({"state_dict": model.state_dict(), "config": config}, path)
+    wrapper = ClipModel.load(path)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = F.normalize(model.encode_image(((img + 1) / 2 - mean) / std), dim=-1)
+        assert torch.allclose(wrapper.encode_image(img), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"vision_layers": (1, 1, 1)}, "4 stage depths"),
+    ({"vision_layers": (1, 1, 1, 1), "vision_width": 15}, "even"),
+    ({"vision_layers": (1, 1, 1, 1), "vision_width": 16, "image_resolution": 48}, "multiple of 32"),
+])
+def test_build_small_clip_rejects_bad_resnet_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_small_clip(**kwargs)
+
+
 def test_build_small_clip_is_seeded_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
     a = build_small_clip(**TINY, seed=3)

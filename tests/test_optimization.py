@@ -121,6 +121,21 @@ def test_s_space_moves_only_conv_styles(generator, clip_model):
         assert moved != layer.is_torgb, layer.name
 
 
+def test_s_space_can_start_from_an_s_code_without_w_plus_preimage(generator, clip_model):
+    with torch.no_grad():
+        s_base = generator.w_plus_to_s(generator.w_to_w_plus(sample_w(generator, 1, seed=5, truncation=0.7)))
+    torch.manual_seed(0)
+    s_start = [s + 0.3 * torch.randn_like(s) for s in s_base]  # off the W+ image, like an S-refined inversion
+    result = optimize(generator, clip_model, TEXT, steps=4, l2_lambda=0.0, space="s", s_0=s_start,
+                      loss_resolution=generator.size)
+    for layer, s, ref in zip(generator.style_layers, result.s, s_start, strict=True):
+        assert torch.allclose(s, ref, atol=1e-6) == layer.is_torgb, layer.name  # ToRGB kept from s_0
+    with pytest.raises(ValueError, match="needs space='s'"):
+        optimize(generator, clip_model, TEXT, steps=1, s_0=s_start)
+    with pytest.raises(ValueError, match="s_0 must be"):
+        optimize(generator, clip_model, TEXT, steps=1, space="s", s_0=s_start[:-1])
+
+
 def test_identity_term(generator, clip_model):
     torch.manual_seed(0)
     ident = ToyfacesIdentity(channels=(8, 8, 16, 16), hidden=16, embed_dim=12).requires_grad_(False)

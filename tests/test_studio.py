@@ -1,8 +1,10 @@
-"""The studio façade: input validation that the UI and API rely on."""
+"""The studio façade: input validation that the UI and API rely on, and how it carries an inverted photo."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from styleclip.studio import ALPHA_RANGE, BETA_RANGE, validate_range, validate_seed, validate_text
 
@@ -34,3 +36,52 @@ def test_bad_seeds_are_refused(seed):
 
 def test_seed_accepts_whole_floats():
     assert validate_seed(12.0) == 12
+
+
+@pytest.fixture(scope="module")
+def toyfaces_studio():
+    from styleclip.studio import Studio
+
+    torch.set_num_threads(1)
+    return Studio()
+
+
+def test_invert_photo_returns_the_refined_s_code_of_its_reconstruction(toyfaces_studio):
+    from styleclip.imaging import img_to_image
+
+    photo = toyfaces_studio.fresh_render("toyfaces", 3)
+    w_plus, s_flat, recon, info = toyfaces_studio.invert_photo("toyfaces", photo, steps=3, s_steps=2)
+    generator = toyfaces_studio.model("toyfaces").generator
+    assert w_plus.shape == (1, generator.n_latent, generator.style_dim) and s_flat.shape == (1, generator.s_dim)
+    assert info["s_steps"] == 2
+    with torch.no_grad():
+        rendered = img_to_image(generator.synthesis(generator.flat_to_s(s_flat))[0])
+    assert np.abs(rendered.astype(int) - recon).max() <= 1  # uint8 rounding of float noise
+    with torch.no_grad():
+        w_code = generator.s_to_flat(generator.w_plus_to_s(w_plus))
+    assert not torch.allclose(w_code, s_flat)  # the S stage moved the code off the W+ image
+    with pytest.raises(ValueError, match="S refinement steps"):
+        toyfaces_studio.invert_photo("toyfaces", photo, steps=3, s_steps=-1)
+
+
+def test_apply_mapper_keeps_the_photo_s_refinement(toyfaces_studio):
+    from styleclip.imaging import img_to_image
+
+    path = next(iter(toyfaces_studio.shipped_mappers("toyfaces").values()))
+    loaded = toyfaces_studio.model("toyfaces")
+    generator = loaded.generator
+    w_plus = loaded.source_w_plus(7)
+    with torch.no_grad():
+        s_exact = generator.s_to_flat(generator.w_plus_to_s(w_plus))
+    [(_, src_plain, edit_plain)] = toyfaces_studio.apply_mapper("toyfaces", path, [], 1.0, w_plus_source=w_plus)
+    [(_, src_same, edit_same)] = toyfaces_studio.apply_mapper("toyfaces", path, [], 1.0, w_plus_source=w_plus,
+                                                             s_source=s_exact)
+    assert np.abs(src_same.astype(int) - src_plain).max() <= 1
+    assert np.abs(edit_same.astype(int) - edit_plain).max() <= 1
+    s_refined = s_exact + 0.5 * torch.randn(s_exact.shape, generator=torch.Generator().manual_seed(0))
+    [(_, src, edit)] = toyfaces_studio.apply_mapper("toyfaces", path, [], 1.0, w_plus_source=w_plus,
+                                                   s_source=s_refined)
+    with torch.no_grad():
+        expected = img_to_image(generator.synthesis(generator.flat_to_s(s_refined))[0])
+    assert np.abs(src.astype(int) - expected).max() <= 1
+    assert np.abs(edit.astype(int) - src).mean() > 1  # still edited

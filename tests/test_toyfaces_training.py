@@ -150,6 +150,19 @@ def test_clip_trainer_smoke_run_exports_a_loadable_clip(tmp_path):
     assert features.shape[-1] == train_clip.MODEL_KWARGS["embed_dim"]
 
 
+def test_clip_trainer_resnet_tower_resumes_with_its_own_architecture(tmp_path):
+    state, export = tmp_path / "state.pt", tmp_path / "clip.pt"
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state), "--export", str(export)]
+    train_clip.main(["--restart", "--vision", "resnet", "--steps", "1", *common])
+    # Resumed without --vision (the default is the ViT): the state's own ResNet config is used.
+    train_clip.main(["--steps", "2", *common])
+    ckpt = torch.load(export, weights_only=True)
+    assert ckpt["train_step"] == 2 and ckpt["config"]["vision_layers"] == train_clip.RESNET_KWARGS["vision_layers"]
+    model = ClipModel.load(export)
+    assert model.input_resolution == 64
+    assert model.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, train_clip.RESNET_KWARGS["embed_dim"])
+
+
 def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():
     encoder = train_generator.CodeEncoder(128)
     z, code = (torch.from_numpy(a) for a in fit_mapping.code_pool(64, seed=3))

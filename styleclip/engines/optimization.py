@@ -134,6 +134,17 @@ def _check_args(steps: int, lr: float, l2_lambda: float, id_lambda: float, space
         raise ValueError(f"preview_every must be >= 1 or None, got {preview_every!r}.")
 
 
+def _checked_s(generator: Generator, s_0: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """s_0 as float tensors on the generator's device, after checking one [N, dim_l] tensor per style layer."""
+    dims = [layer.dim for layer in generator.style_layers]
+    shapes = [tuple(t.shape) for t in s_0]
+    if len(shapes) != len(dims) or any(len(sh) != 2 or sh[1] != d or sh[0] != shapes[0][0]
+                                       for sh, d in zip(shapes, dims, strict=False)):
+        raise ValueError(f"s_0 must be {len(dims)} tensors [N, dim_l] with dims {dims}, got shapes {shapes}.")
+    device = generator.input.input.device
+    return [t.detach().to(device=device, dtype=torch.float32).clone() for t in s_0]
+
+
 def _initial_w_plus(generator: Generator, w_plus_0: torch.Tensor | None, seed: int | None,
                     truncation: float) -> torch.Tensor:
     """The start latent [N, L, D] as an ordinary (non-inference) tensor on the generator's device."""
@@ -175,6 +186,7 @@ def optimize(
     seed: int | None = 0,
     truncation: float = DEFAULTS["truncation"],
     loss_resolution: int | None = None,
+    s_0: Sequence[torch.Tensor] | None = None,
 ) -> OptimizationResult:
     """Edit a latent so its image matches `text` (StyleCLIP latent optimization, "edit" mode).
 
@@ -203,6 +215,8 @@ def optimize(
         seed: used only when `w_plus_0` is None (numpy RandomState(seed) normal z, like the CLI/app).
         truncation: used only with `seed` (official 0.7 for the random start latent).
         loss_resolution: resolution the losses see; default the smallest generator resolution >= CLIP's input.
+        s_0: with space == "s", the start style tensors (list of [N, dim_l], e.g. an inversion refined in S,
+            which has no exact W+ preimage) instead of those of `w_plus_0`; the ToRGB ones stay fixed.
 
     Returns:
         OptimizationResult with the final latent, its full-resolution image and the per-step loss history.
@@ -216,7 +230,9 @@ def optimize(
     if res not in generator.config.channels():
         raise ValueError(f"loss_resolution must be a power of two in 4..{generator.size}, got {res}.")
     until = None if res == generator.size else res
-    w0 = _initial_w_plus(generator, w_plus_0, seed, truncation)
+    if s_0 is not None and space != "s":
+        raise ValueError("s_0 (a start in S) needs space='s'; a W+ optimization starts from w_plus_0.")
+    w0 = _initial_w_plus(generator, w_plus_0, seed, truncation) if s_0 is None else None
     text_emb = clip_model.encode_text([text])  # [1, D] unit; validates the prompt before any work
 
     with torch.no_grad():
@@ -224,7 +240,8 @@ def optimize(
             start = [w0]
             trainable = [True]
         else:
-            start = [s.detach().clone() for s in generator.w_plus_to_s(w0)]  # list of [N, dim_l]
+            start = [s.detach().clone() for s in (generator.w_plus_to_s(w0) if s_0 is None
+                                                  else _checked_s(generator, s_0))]  # list of [N, dim_l]
             # Only the conv styles move, as upstream: ToRGB styles mostly shift colours, not content.
             trainable = [not layer.is_torgb for layer in generator.style_layers]
         # [N, 3, res, res]: the identity reference, rendered like every step's image.

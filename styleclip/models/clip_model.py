@@ -631,9 +631,9 @@ def _to_pil(image: Image.Image | np.ndarray, index: int) -> Image.Image:
 def build_small_clip(
     embed_dim: int = 256,
     image_resolution: int = 64,
-    vision_layers: int = 4,
+    vision_layers: int | tuple[int, int, int, int] = 4,
     vision_width: int = 256,
-    vision_patch_size: int = 8,
+    vision_patch_size: int | None = 8,
     context_length: int = 77,
     vocab_size: int = 49408,
     transformer_width: int = 256,
@@ -642,11 +642,13 @@ def build_small_clip(
     *,
     seed: int | None = None,
 ) -> CLIP:
-    """A small, randomly initialised ViT CLIP of the clip package's own class (used like ViT-B/32).
+    """A small, randomly initialised CLIP of the clip package's own class (used like ViT-B/32 or RN50).
 
-    The sizes obey what `clip.model.build_model` infers from a state dict (heads = width // 64 for both
-    towers), so a saved state dict rebuilds to the same architecture. `vocab_size` must stay 49408 for clip's
-    tokenizer.
+    An int `vision_layers` builds a ViT image tower (patch `vision_patch_size`); a 4-tuple builds the
+    package's ModifiedResNet (blocks per stage, base width `vision_width`, patch ignored), as in RN50's
+    (3, 4, 6, 3) / 64. The sizes obey what `clip.model.build_model` infers from a state dict (heads = width // 64
+    for the transformers, width · 32 // 64 for the ResNet's attention pool), so a saved state dict rebuilds to the
+    same architecture. `vocab_size` must stay 49408 for clip's tokenizer.
 
     Args:
         seed: seeds the initialisation without touching the global RNG state.
@@ -655,7 +657,17 @@ def build_small_clip(
         ValueError: sizes that build_model could not rebuild (widths not multiples of 64, heads !=
             width // 64, resolution not a multiple of the patch size, a vocabulary unlike the tokenizer's).
     """
-    if vision_width % 64 or vision_width < 64:
+    resnet = isinstance(vision_layers, (tuple, list))
+    if resnet:
+        if len(vision_layers) != 4 or min(vision_layers) < 1:
+            raise ValueError(f"A ResNet tower needs 4 stage depths >= 1; got {tuple(vision_layers)}.")
+        if vision_width % 2 or vision_width < 2:
+            raise ValueError(f"A ResNet vision_width must be even (pool heads = width // 2); got {vision_width}.")
+        if image_resolution % 32:
+            raise ValueError(f"A ResNet tower downsamples 32×: image_resolution {image_resolution} is not a "
+                             "multiple of 32.")
+        vision_layers, vision_patch_size = tuple(int(n) for n in vision_layers), None
+    elif vision_width % 64 or vision_width < 64:
         raise ValueError(
             f"vision_width must be a positive multiple of 64 (heads = width // 64); got {vision_width}."
         )
@@ -666,7 +678,7 @@ def build_small_clip(
             f"transformer_heads must be transformer_width // 64 = {transformer_width // 64} (what "
             f"build_model infers from a state dict); got {transformer_heads}."
         )
-    if image_resolution % vision_patch_size:
+    if not resnet and image_resolution % vision_patch_size:
         raise ValueError(
             f"image_resolution {image_resolution} is not a multiple of the patch {vision_patch_size}."
         )

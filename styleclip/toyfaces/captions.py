@@ -92,8 +92,9 @@ _TRAIN: dict[str, dict[str, _Entry]] = {
     },
     "hat": {
         "none": (("no hat", "no headwear"), ("hatless",)),
-        "cap": (("a cap", "a baseball cap", "a navy cap"), ()),
-        "beanie": (("a beanie", "a knit hat", "a yellow beanie", "a wool hat"), ()),
+        # "a hat" names both kinds: without it the text tower met the bare noun only in "no hat".
+        "cap": (("a cap", "a baseball cap", "a navy cap", "a hat"), ()),
+        "beanie": (("a beanie", "a knit hat", "a yellow beanie", "a wool hat", "a hat"), ()),
     },
     "facial_hair": {
         "none": (("no beard", "a clean-shaven face"), ("clean-shaven",)),
@@ -355,9 +356,10 @@ def caption(
         else:
             withs.append(_pick(nouns, rng))
 
-    if rng.random() < 0.12 and not adjs:  # tag-list style, as in many alt texts
-        parts = withs + wears + ([background] if background else [])
-        return ", ".join(_strip_article(p) for p in parts) if parts else _pick(_NOUNS, rng)
+    parts = withs + wears + ([background] if background else [])
+    # Tag-list style, as in many alt texts; from two tags on, since a lone bare noun ("hat") says little.
+    if rng.random() < 0.12 and not adjs and len(parts) >= 2:
+        return ", ".join(_strip_article(p) for p in parts)
 
     nouns = _NOUNS
     if any("face" in w for w in withs):  # avoid "a face with a wide face"

@@ -37,6 +37,11 @@ DEFAULT_STATE = REPO / "runs" / "toyfaces_clip" / "state.pt"
 DEFAULT_EXPORT = REPO / "assets" / "toyfaces" / "clip.pt"
 MODEL_KWARGS = dict(embed_dim=256, image_resolution=64, vision_layers=4, vision_width=256, vision_patch_size=8,
                     transformer_width=128, transformer_heads=2, transformer_layers=4)
+# The same text tower with the package's ModifiedResNet image tower (RN50's design, 4 stages of 2 blocks, base
+# width 32): at 64 px it costs about half the ViT's step on a CPU, and convolutions see the small parts of a face
+# (mouth, earrings, lipstick) that 8-px ViT patches of this size never learnt (BENCHMARKS.md, CLIP probe).
+RESNET_KWARGS = {**MODEL_KWARGS, "vision_layers": (2, 2, 2, 2), "vision_width": 32, "vision_patch_size": None}
+VISION_TOWERS = {"vit": MODEL_KWARGS, "resnet": RESNET_KWARGS}
 _PREFIXES = sorted((p for p in captions._PREFIXES if p), key=len, reverse=True)
 
 
@@ -162,21 +167,29 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = build_small_clip(**MODEL_KWARGS, seed=args.seed).train().requires_grad_(True)
+    state_path = Path(args.state)
+    warm_path = Path(args.init or args.export)
+    state = warm = None
+    if state_path.is_file() and not args.restart:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    elif warm_path.is_file() and not args.restart:
+        # A fresh clone has no runs/: continue from the shipped fp16 weights; the optimizer moments restart.
+        warm = torch.load(warm_path, map_location="cpu", weights_only=True)
+    # A resumed or warm-started run keeps its own architecture (older states carry no config: the ViT).
+    source = state or warm
+    kwargs = dict(source.get("config", MODEL_KWARGS)) if source is not None else dict(VISION_TOWERS[args.vision])
+    kwargs.pop("context_length", None), kwargs.pop("vocab_size", None)
+    model = build_small_clip(**kwargs, seed=args.seed).train().requires_grad_(True)
     opt = make_optimizer(model, args.lr)
     step, history = 0, []
-    state_path = Path(args.state)
-    if state_path.is_file() and not args.restart:
-        ckpt = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        step, history = int(ckpt["step"]), list(ckpt["history"])
-    elif Path(args.init or args.export).is_file() and not args.restart:
-        # A fresh clone has no runs/: continue from the shipped fp16 weights; the optimizer moments restart.
-        ckpt = torch.load(args.init or args.export, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
-        step = int(ckpt.get("train_step", 0))
-        print(json.dumps({"warm_start": args.init or args.export, "step": step}), flush=True)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, history = int(state["step"]), list(state["history"])
+    elif warm is not None:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm["state_dict"].items()})
+        step = int(warm.get("train_step", 0))
+        print(json.dumps({"warm_start": str(warm_path), "step": step}), flush=True)
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac), step, args.workers)
@@ -186,7 +199,8 @@ def train(args: argparse.Namespace) -> None:
     def save():
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history}, tmp)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                    "config": clip_config(model)}, tmp)
         tmp.replace(state_path)
         export = Path(args.export)
         export.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=0.0,
                    help="time budget: sets --steps to what fits, from the rate after 60 steps (0 = use --steps)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--vision", choices=sorted(VISION_TOWERS), default="vit",
+                   help="image tower of a new run (a resumed run keeps its own)")
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
     p.add_argument("--init", default="", help="export to continue from when there is no state (default: --export)")
     p.add_argument("--batch", type=int, default=128)
