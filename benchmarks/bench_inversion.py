@@ -1,7 +1,8 @@
 """Inversion of fresh renderer faces ("photos" the generator never produced) into the embedded model, and edits of
 the inverted faces (issue: real photos).
 
-    python benchmarks/bench_inversion.py [--n 50] [--steps 150] [--s-steps 150] [--edit-seeds 20] [--json]
+    python benchmarks/bench_inversion.py [--n 50] [--steps 150] [--s-steps 150] [--pixel-loss lap1]
+                                         [--edit-seeds 20] [--json]
 
 For faces 0 … n-1 of the app's "fresh face" button (Studio.fresh_render: the renderer at
 RandomState(PHOTO_SEED_OFFSET + i)), it inverts each render as the app does (`Studio.invert_photo`: W+ stage,
@@ -26,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleclip.evaluation import evaluate_edits, global_directions_edit
-from styleclip.studio import INVERT_S_STEPS_DEFAULT, INVERT_STEPS_DEFAULT, Studio, fresh_face_params
+from styleclip.engines.inversion import PIXEL_LOSSES
+from styleclip.studio import INVERT_PIXEL_LOSS, INVERT_S_STEPS_DEFAULT, INVERT_STEPS_DEFAULT, Studio, fresh_face_params
 from styleclip.toyfaces.attributes import ATTRIBUTES
 from styleclip.toyfaces.classifier import load_classifier, to_img
 from styleclip.toyfaces.dataset import labels_array, observable_array
@@ -44,13 +46,14 @@ def attribute_agreement(classifier, images: np.ndarray, params: list) -> dict[st
 _CACHED = ("w_plus", "s", "recons", "psnr", "seconds")
 
 
-def _read_cache(path: str, generator_sha256: str, steps: int, s_steps: int, n: int):
+def _read_cache(path: str, generator_sha256: str, steps: int, s_steps: int, pixel_loss: str, n: int):
     """The cached inversions if `path` holds them for this generator, these step counts and at least n faces."""
     if not path or not Path(path).is_file():
         return None
     data = np.load(path)
     if (str(data["generator_sha256"]) != generator_sha256 or int(data["steps"]) != steps or "s_steps" not in data
-            or int(data["s_steps"]) != s_steps or len(data["psnr"]) < n):
+            or int(data["s_steps"]) != s_steps or str(data.get("pixel_loss", "")) != pixel_loss
+            or len(data["psnr"]) < n):
         return None
     return {k: data[k][:n] for k in _CACHED}
 
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--steps", type=int, default=INVERT_STEPS_DEFAULT, help="W+ steps (the app's default)")
     p.add_argument("--s-steps", type=int, default=INVERT_S_STEPS_DEFAULT, help="S refinement steps (the app's)")
+    p.add_argument("--pixel-loss", choices=PIXEL_LOSSES, default=INVERT_PIXEL_LOSS, help="pixel term (the app's)")
     p.add_argument("--edit-seeds", type=int, default=0, help="faces for the edit comparison (0: skip it)")
     p.add_argument("--alpha", type=float, default=4.1)
     p.add_argument("--threads", type=int, default=1)
@@ -73,11 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     classifier = load_classifier()
 
     renders = [studio.fresh_render(args.model, i) for i in range(args.n)]
-    cached = _read_cache(args.cache, loaded.generator_sha256, args.steps, args.s_steps, args.n)
+    cached = _read_cache(args.cache, loaded.generator_sha256, args.steps, args.s_steps, args.pixel_loss, args.n)
     if cached is None:
         recons, w_plus, s_flat, psnr, seconds = [], [], [], [], []
         for i, image in enumerate(renders):
-            w, s, recon, info = studio.invert_photo(loaded.name, image, args.steps, args.s_steps)
+            w, s, recon, info = studio.invert_photo(loaded.name, image, args.steps, args.s_steps,
+                                                    pixel_loss=args.pixel_loss)
             recons.append(recon)
             w_plus.append(w)
             s_flat.append(s)
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.cache:
             np.savez(args.cache, w_plus=torch.cat(w_plus).numpy(), s=torch.cat(s_flat).numpy(),
                      recons=np.stack(recons), psnr=np.array(psnr), seconds=np.array(seconds),
-                     generator_sha256=loaded.generator_sha256, steps=args.steps, s_steps=args.s_steps)
+                     generator_sha256=loaded.generator_sha256, steps=args.steps, s_steps=args.s_steps,
+                     pixel_loss=args.pixel_loss)
     else:
         w_plus = [torch.from_numpy(w)[None] for w in cached["w_plus"]]
         s_flat = [torch.from_numpy(s)[None] for s in cached["s"]]
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     render_agree = attribute_agreement(classifier, np.stack(renders), params)
     report = {
         "model": loaded.name, "n": args.n, "steps": args.steps, "s_steps": args.s_steps,
+        "pixel_loss": args.pixel_loss,
         "psnr_mean": round(float(np.mean(psnr)), 2), "psnr_min": round(float(np.min(psnr)), 2),
         "seconds_per_face": round(float(np.mean(seconds)), 2),
         "agreement_mean": round(float(np.mean(list(recon_agree.values()))), 4),

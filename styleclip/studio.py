@@ -40,8 +40,8 @@ MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
 MAX_BATCH_SEEDS = 16
 INVERT_STEPS_RANGE = (1, 1000)
 INVERT_STEPS_DEFAULT = 150
-# S refinement after the W+ stage: on the embedded model it lifts attribute agreement of fresh renders from
-# 82% to 9x% (BENCHMARKS.md, inversion); the result is an S code with no exact W+ preimage.
+# S refinement after the W+ stage: with the lap1 pixel term it lifts attribute agreement of 50 fresh renders on the
+# embedded model from 82% to 93% (BENCHMARKS.md, inversion); the result is an S code with no exact W+ preimage.
 INVERT_S_STEPS_RANGE = (0, 1000)
 INVERT_S_STEPS_DEFAULT = 150
 INVERT_PIXEL_LOSS = "lap1"  # Laplacian-pyramid L1: sharper small parts than MSE at the same steps (BENCHMARKS.md)
@@ -477,7 +477,8 @@ class Studio:
 
     def invert_photo(self, model: str, image: np.ndarray, steps=INVERT_STEPS_DEFAULT,
                      s_steps=INVERT_S_STEPS_DEFAULT, progress=None, should_stop=None, on_preview=None,
-                     preview_every: int = 10) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict]:
+                     preview_every: int = 10, pixel_loss: str = INVERT_PIXEL_LOSS,
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, dict]:
         """Inverts an aligned image (uint8 [R, R, 3]) into W+, then refines it in S for `s_steps` steps.
 
         Returns:
@@ -493,12 +494,13 @@ class Studio:
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
         preview = None if on_preview is None else (lambda step, im: on_preview(step, img_to_image(im[0])))
         result = invert(loaded.generator, loaded.clip, img, steps=steps, s_steps=s_steps,
-                        pixel_loss=INVERT_PIXEL_LOSS, progress=progress,
+                        pixel_loss=pixel_loss, progress=progress,
                         should_stop=should_stop, preview_every=preview_every, on_preview=preview)
         generator = loaded.generator
         with torch.inference_mode():
             s_flat = generator.s_to_flat(result.s if result.s is not None
                                          else generator.w_plus_to_s(result.w_plus))
-        info = {"model": loaded.name, "steps": steps, "s_steps": s_steps, "psnr": round(float(result.psnr), 2),
+        info = {"model": loaded.name, "steps": steps, "s_steps": s_steps, "pixel_loss": pixel_loss,
+                "psnr": round(float(result.psnr), 2),
                 "seconds": round(time.perf_counter() - t0, 2)}
         return result.w_plus.detach(), s_flat, img_to_image(result.img[0]), info
