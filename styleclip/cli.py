@@ -326,9 +326,7 @@ def cmd_invert(args: argparse.Namespace) -> dict:
     result = invert(loaded.generator, loaded.clip, target, steps=args.steps, lr=args.lr, s_steps=args.s_steps,
                     pixel_loss=pixel_loss, progress=progress)
     seconds = time.perf_counter() - t0
-    generator = loaded.generator
-    with torch.inference_mode():
-        s_flat = generator.s_to_flat(result.s if result.s is not None else generator.w_plus_to_s(result.w_plus))
+    s_flat = result.flat_s(loaded.generator)
     np.savez(args.out, w_plus=result.w_plus.cpu().numpy().astype(np.float32),
              s=s_flat.cpu().numpy().astype(np.float32), psnr=np.float32(result.psnr),
              psnr_start=np.float32(result.psnr_start), model=np.str_(loaded.name), steps=np.int64(args.steps),

@@ -496,10 +496,7 @@ class Studio:
         result = invert(loaded.generator, loaded.clip, img, steps=steps, s_steps=s_steps,
                         pixel_loss=pixel_loss, progress=progress,
                         should_stop=should_stop, preview_every=preview_every, on_preview=preview)
-        generator = loaded.generator
-        with torch.inference_mode():
-            s_flat = generator.s_to_flat(result.s if result.s is not None
-                                         else generator.w_plus_to_s(result.w_plus))
+        s_flat = result.flat_s(loaded.generator)
         info = {"model": loaded.name, "steps": steps, "s_steps": s_steps, "pixel_loss": pixel_loss,
                 "psnr": round(float(result.psnr), 2),
                 "seconds": round(time.perf_counter() - t0, 2)}

@@ -42,7 +42,6 @@ __all__ = ["DEFAULTS", "E4EEncoder", "E4EInverter", "InversionCancelled", "Inver
 DEFAULTS = {"steps": 200, "lr": 0.05, "pixel_lambda": 1.0, "clip_lambda": 0.5, "w_avg_lambda": 1e-4,
             "delta_lambda": 1e-3, "s_steps": 0, "s_lr": 0.01, "s_l2_lambda": 0.01}
 PIXEL_LOSSES = ("mse", "l1", "lap1")
-_PIXEL_FNS = {"mse": F.mse_loss, "l1": F.l1_loss, "lap1": lambda img, target: lap1_loss(img, target)}
 PreviewFn = Callable[[int, torch.Tensor], None]  # (step, img [1, 3, R, R])
 
 
@@ -102,6 +101,12 @@ class InversionResult:
     s: list[torch.Tensor] | None = None
     psnr_start: float = float("nan")
 
+    def flat_s(self, generator: Generator) -> torch.Tensor:
+        """[1, s_dim] the flat S code of the reconstruction: the refined code, or the W+ latent's when the S
+        stage did not run."""
+        with torch.inference_mode():
+            return generator.s_to_flat(self.s if self.s is not None else generator.w_plus_to_s(self.w_plus))
+
 
 class InversionCancelled(Cancelled):
     """`should_stop()` returned True; `result` holds the latest latent (not the best one) and its image."""
@@ -133,6 +138,9 @@ def lap1_loss(img: torch.Tensor, target: torch.Tensor, levels: int = 4) -> torch
     renders closer (PSNR and attribute agreement) than MSE at the same step count (BENCHMARKS.md, inversion)."""
     return sum(F.l1_loss(a, b) for a, b in zip(laplacian_pyramid(img, levels), laplacian_pyramid(target, levels),
                                                 strict=True))
+
+
+_PIXEL_FNS = {"mse": F.mse_loss, "l1": F.l1_loss, "lap1": lap1_loss}
 
 
 def _prepare_target(generator: Generator, img_target: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,8 @@ DEFAULT_EXPORT = REPO / "assets" / "toyfaces" / "clip.pt"
 MODEL_KWARGS = dict(embed_dim=256, image_resolution=64, vision_layers=4, vision_width=256, vision_patch_size=8,
                     transformer_width=128, transformer_heads=2, transformer_layers=4)
 # The same text tower with the package's ModifiedResNet image tower (RN50's design, 4 stages of 2 blocks, base
-# width 32): at 64 px it costs about half the ViT's step on a CPU, and convolutions see the small parts of a face
-# (mouth, earrings, lipstick) that 8-px ViT patches of this size never learnt (BENCHMARKS.md, CLIP probe).
+# width 32), for comparisons: at 64 px it costs about half the ViT's step on a CPU, yet it did not learn the small
+# parts of a face (mouth, earrings, lipstick) either (BENCHMARKS.md, "Is it the ViT's 8-px patches?").
 RESNET_KWARGS = {**MODEL_KWARGS, "vision_layers": (2, 2, 2, 2), "vision_width": 32, "vision_patch_size": None}
 VISION_TOWERS = {"vit": MODEL_KWARGS, "resnet": RESNET_KWARGS}
 _PREFIXES = sorted((p for p in captions._PREFIXES if p), key=len, reverse=True)
