@@ -143,6 +143,9 @@ class EditRow:
         preservation: mean over edited seeds of the fraction of visible other discrete attributes unchanged.
         continuous_change: continuous attribute → mean |edited − source| of its predicted value.
         most_changed: up to 3 (other attribute, fraction of edited seeds where its label changed), largest first.
+        misses: where the edited attribute landed on the edited seeds that missed the target: (value, count),
+            most frequent first; "unchanged" counts seeds whose value stayed the source's, "hidden" those where
+            the edit hid it (the failure pattern: too weak, or pushed to a neighbouring value).
         seconds_per_edit: mean wall time of one edit_fn call (None when none ran).
         skipped: True when the edit function does not support the spec at all (e.g. no mapper for it).
         notes: messages (failures with their counts, the edit function's description).
@@ -159,6 +162,7 @@ class EditRow:
     preservation: float | None = None
     continuous_change: dict[str, float] = field(default_factory=dict)
     most_changed: tuple[tuple[str, float], ...] = ()
+    misses: tuple[tuple[str, int], ...] = ()
     seconds_per_edit: float | None = None
     skipped: bool = False
     notes: tuple[str, ...] = ()
@@ -181,6 +185,7 @@ class EditRow:
             "preservation": self.preservation,
             "continuous_change": dict(self.continuous_change),
             "most_changed": [list(m) for m in self.most_changed],
+            "misses": [list(m) for m in self.misses],
             "seconds_per_edit": self.seconds_per_edit,
             "skipped": self.skipped,
             "notes": list(self.notes),
@@ -432,6 +437,7 @@ def _score(
     ]
     return EditRow(
         **common,
+        misses=_misses(spec, src, out, hit),
         succeeded=succeeded,
         success=succeeded / len(todo),
         preservation=float(per_seed.mean()) if per_seed.numel() else None,
@@ -440,6 +446,20 @@ def _score(
         },
         most_changed=tuple(most),
     )
+
+
+def _misses(spec: EditSpec, src: _Reading, out: _Reading, hit: torch.Tensor) -> tuple[tuple[str, int], ...]:
+    """(value, count) of the edited attribute on the seeds that missed the target (see EditRow.misses)."""
+    values = attribute(spec.attribute).values
+    landed: Counter[str] = Counter()
+    for i in torch.nonzero(~hit).flatten().tolist():
+        if not bool(out.visible[spec.attribute][i]):
+            landed["hidden"] += 1
+        elif int(out.labels[spec.attribute][i]) == int(src.labels[spec.attribute][i]):
+            landed["unchanged"] += 1
+        else:
+            landed[values[int(out.labels[spec.attribute][i])]] += 1
+    return tuple(sorted(landed.items(), key=lambda vc: (-vc[1], vc[0])))
 
 
 def _mean(values: list[float]) -> float | None:
@@ -626,7 +646,7 @@ def format_report(report: EditReport) -> str:
             "preservation",
         ]
         + [f"Δ{n}" for n in cont]
-        + ["most changed", "s/edit", "notes"]
+        + ["missed → landed on", "most changed", "s/edit", "notes"]
     )
     lines = []
     if report.label:
@@ -637,7 +657,7 @@ def format_report(report: EditReport) -> str:
         values = "/".join(r.spec.target_values)
         if r.skipped:
             cells = [r.spec.name, f"{r.spec.attribute} → {values}", "–", "–", "–", "skipped", "–"]
-            cells += ["–"] * len(cont) + ["–", "–", "; ".join(r.notes)]
+            cells += ["–"] * len(cont) + ["–", "–", "–", "; ".join(r.notes)]
         else:
             cells = [
                 r.spec.name,
@@ -650,6 +670,7 @@ def format_report(report: EditReport) -> str:
             ]
             cells += [f"{r.continuous_change[n]:.3f}" if n in r.continuous_change else "–" for n in cont]
             cells += [
+                ", ".join(f"{v} {n}" for v, n in r.misses) or "–",
                 ", ".join(f"{n} {100 * f:.0f}%" for n, f in r.most_changed) or "–",
                 "–" if r.seconds_per_edit is None else f"{r.seconds_per_edit:.3f}",
                 "; ".join(r.notes),

@@ -10,6 +10,7 @@ import torch
 from styleclip.evaluation import (
     BENCHMARK_EDITS,
     EditFailed,
+    EditReport,
     EditSpec,
     evaluate_edits,
     format_report,
@@ -100,8 +101,22 @@ def test_identity_edit_has_zero_success_and_full_preservation(classifier):
         assert row.success == 0.0 and row.succeeded == 0
         assert row.preservation == 1.0
         assert row.most_changed == ()
+        assert row.misses == (("unchanged", row.attempted),)
         assert row.continuous_change["face_width"] == pytest.approx(0.0, abs=1e-6)
     assert report.success == 0.0 and report.preservation == 1.0
+
+
+def test_misses_name_the_value_a_wrong_edit_lands_on(classifier):
+    spec = next(s for s in BENCHMARK_EDITS if s.name == "blond hair")
+    sources = {s: set_attribute(_params(s), "hair_color", "black") for s in SEEDS}
+
+    def edit(spec, seed):  # every even seed turns red, odd seeds are left as they are
+        return _img(set_attribute(sources[seed], "hair_color", "red") if seed % 2 == 0 else sources[seed])
+
+    row = evaluate_edits(None, classifier, edit, [spec], SEEDS, source_fn=lambda s: _img(sources[s])).rows[0]
+    assert row.success == 0.0 and row.attempted == len(SEEDS)
+    assert dict(row.misses) == {"red": len(SEEDS) // 2, "unchanged": len(SEEDS) // 2}
+    assert "red 4" in format_report(EditReport((row,), SEEDS, 0.0, row.preservation, {}))
 
 
 def test_sources_that_already_have_the_target_are_skipped(classifier):

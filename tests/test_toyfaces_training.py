@@ -17,9 +17,11 @@ from styleclip.toyfaces import fit_mapping, train_clip, train_generator, z_layou
 from styleclip.toyfaces.attributes import ATTRIBUTES
 from styleclip.toyfaces.budget import StepBudget
 from styleclip.toyfaces.prefetch import batches
+from styleclip.toyfaces.renderer import labels_of
 from tests.conftest import make_tiny_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+DISCRETE_NAMES = {a.name for a in ATTRIBUTES if a.kind == "discrete"}
 
 
 def _square_plus(offset: int, step: int) -> int:
@@ -161,6 +163,49 @@ def test_clip_trainer_resnet_tower_resumes_with_its_own_architecture(tmp_path):
     model = ClipModel.load(export)
     assert model.input_resolution == 64
     assert model.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, train_clip.RESNET_KWARGS["embed_dim"])
+
+
+def test_contrast_groups_vary_only_the_chosen_attributes():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        params, mentions = train_clip.contrast_group(rng, 4, ("mouth", "earrings"))
+        varied = {m[0] for m in mentions}
+        assert len(varied) == 1 and varied <= {"mouth", "earrings"}
+        labels = [labels_of(p) for p in params]
+        for name in labels[0]:
+            if name != next(iter(varied)) and name in DISCRETE_NAMES:
+                assert len({lab[name] for lab in labels}) == 1, name
+        assert len({lab[next(iter(varied))] for lab in labels}) == len(params)
+
+
+def test_clip_trainer_continuation_restarts_its_schedule_and_keeps_it_on_resume(tmp_path, capsys):
+    assert train_clip.lr_at(1000, 2000, 1.0, warmup=10, origin=1000) == pytest.approx(0.1)
+    assert train_clip.lr_at(1900, 2000, 1.0, warmup=10) < 0.01  # without an origin: the end of the old cosine
+    assert train_clip.lr_at(1900, 2900, 1.0, warmup=10, origin=1900) == pytest.approx(0.1)
+    init, state, export = tmp_path / "init.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state), "--export", str(export)]
+    train_clip.main(["--restart", "--steps", "2", *common[:-1], str(init)])
+    state.unlink()  # a fresh clone: no state, only the export to continue from
+    train_clip.main(["--init", str(init), "--new-schedule", "--warmup", "1", "--steps", "3",
+                     "--group-attrs", "mouth", "--group-frac", "1.0", *common])
+    assert torch.load(state, weights_only=True)["schedule_origin"] == 2
+    train_clip.main(["--steps", "4", *common])  # resumed: the origin comes from the state
+    assert torch.load(state, weights_only=True)["schedule_origin"] == 2
+    with pytest.raises(SystemExit, match="lips"):
+        train_clip.main(["--restart", "--steps", "1", "--group-attrs", "lips", *common])
+
+
+def test_clip_trainer_with_a_locked_text_tower_changes_only_the_image_tower(tmp_path):
+    init, state, export = tmp_path / "init.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state)]
+    train_clip.main(["--restart", "--steps", "1", *common, "--export", str(init)])
+    state.unlink()
+    train_clip.main(["--init", str(init), "--freeze-text", "--new-schedule", "--warmup", "1", "--steps", "3",
+                     *common, "--export", str(export)])
+    before = torch.load(init, weights_only=True)["state_dict"]
+    after = torch.load(export, weights_only=True)["state_dict"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("visual.") for k in changed), sorted(changed)[:5]
 
 
 def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():

@@ -9,6 +9,12 @@ Seeded and resumable:
     python -m styleclip.toyfaces.train_clip --device cuda --workers 6 --batch 256 --minutes 8
 
 Without runs/ (a fresh clone) it continues from the shipped assets/toyfaces/clip.pt; `--restart` starts over.
+A continuation aimed at attributes the model does not see yet (its own schedule, the text tower locked, contrast
+groups of those attributes only; BENCHMARKS.md, "Inside contrast groups"):
+
+    python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_locked/state.pt \
+        --export runs/clip_locked/clip.pt --new-schedule --warmup 50 --freeze-text \
+        --group-attrs mouth,facial_hair,age,lipstick --group-frac 0.75 --batch 48 --lr 5e-4 --minutes 60
 """
 
 from __future__ import annotations
@@ -77,14 +83,16 @@ def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return img + noise * torch.from_numpy(rng.uniform(0, 0.04, size=(n, 1, 1, 1)).astype(np.float32))
 
 
-def contrast_group(rng: np.random.Generator, size: int) -> tuple[list, list[tuple[str, ...]]]:
+def contrast_group(rng: np.random.Generator, size: int,
+                   attrs: tuple[str, ...] = ()) -> tuple[list, list[tuple[str, ...]]]:
     """`size` faces identical except for one discrete attribute, each captioned with that attribute first.
 
     Random batches rarely hold two faces that only a small attribute (earrings, lipstick, the mouth) tells
     apart, so contrastive learning alone leaves such attributes unlearnt; a group makes them the only clue.
+    `attrs` limits the varied attribute to those names (empty: any discrete attribute).
     Returns (params list, mention tuples) for captions.caption.
     """
-    discrete = [a for a in ATTRIBUTES if a.kind == "discrete"]
+    discrete = [a for a in ATTRIBUTES if a.kind == "discrete" and (not attrs or a.name in attrs)]
     attr = discrete[rng.integers(len(discrete))]
     base = params_from_normal(rng.standard_normal(NUM_PARAMS))
     if attr.name in ("eyes", "eye_color"):
@@ -100,14 +108,16 @@ def contrast_group(rng: np.random.Generator, size: int) -> tuple[list, list[tupl
 
 
 def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac: float = 0.0,
-             group_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+             group_size: int = 4, group_attrs: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """The training batch of `step`: augmented img [B, 3, 64, 64] and tokens [B, 77]. A `group_frac` share of
-    the batch comes in contrast groups (see contrast_group), the rest are independent random faces."""
+    the batch comes in contrast groups (see contrast_group; `group_attrs` picks their attributes), the rest are
+    independent random faces."""
     rng = np.random.default_rng([seed, step])
     params: list = []
     mentions: list = []
     while len(params) < int(batch * group_frac):
-        group, group_mentions = contrast_group(rng, min(group_size, int(batch * group_frac) - len(params)))
+        group, group_mentions = contrast_group(rng, min(group_size, int(batch * group_frac) - len(params)),
+                                               group_attrs)
         params += group
         mentions += group_mentions
     while len(params) < batch:
@@ -118,7 +128,10 @@ def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac:
     return augment(img, rng), clip.tokenize(texts, truncate=True)
 
 
-def lr_at(step: int, total: int, base: float, warmup: int = 300) -> float:
+def lr_at(step: int, total: int, base: float, warmup: int = 300, origin: int = 0) -> float:
+    """Linear warm-up then cosine decay to 0 at `total`, both counted from the schedule's `origin` step (0, or
+    where a continuation with its own schedule began)."""
+    step, total = step - origin, total - origin
     if step < warmup:
         return base * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -180,19 +193,33 @@ def train(args: argparse.Namespace) -> None:
     kwargs = dict(source.get("config", MODEL_KWARGS)) if source is not None else dict(VISION_TOWERS[args.vision])
     kwargs.pop("context_length", None), kwargs.pop("vocab_size", None)
     model = build_small_clip(**kwargs, seed=args.seed).train().requires_grad_(True)
+    if args.freeze_text:
+        # A locked text tower keeps the words of an attribute the image tower does not see yet apart; trained
+        # together, the text tower learns to ignore those words instead (the image tower then gets no gradient
+        # towards them), which is how contrast groups alone left mouths and beards unlearnt.
+        for name, param in model.named_parameters():
+            if not name.startswith("visual."):
+                param.requires_grad_(False)
     opt = make_optimizer(model, args.lr)
-    step, history = 0, []
+    step, history, origin = 0, [], 0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, history = int(state["step"]), list(state["history"])
+        origin = int(state.get("schedule_origin", 0))
     elif warm is not None:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm["state_dict"].items()})
         step = int(warm.get("train_step", 0))
         print(json.dumps({"warm_start": str(warm_path), "step": step}), flush=True)
+        # A continuation from weights whose cosine has already decayed needs its own schedule to learn anything.
+        origin = step if args.new_schedule else 0
+    group_attrs = tuple(a for a in args.group_attrs.split(",") if a)
+    unknown = sorted(set(group_attrs) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
+    if unknown:
+        raise SystemExit(f"--group-attrs: unknown discrete attributes {unknown}")
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
-                                       group_frac=args.group_frac), step, args.workers)
+                                       group_frac=args.group_frac, group_attrs=group_attrs), step, args.workers)
     model.to(device)
     opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
 
@@ -200,7 +227,7 @@ def train(args: argparse.Namespace) -> None:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
-                    "config": clip_config(model)}, tmp)
+                    "config": clip_config(model), "schedule_origin": origin}, tmp)
         tmp.replace(state_path)
         export = Path(args.export)
         export.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +242,7 @@ def train(args: argparse.Namespace) -> None:
         img, tokens = next(stream)
         img, tokens = img.to(device), tokens.to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args.lr)
+            group["lr"] = lr_at(step, total, args.lr, args.warmup, origin)
         loss = contrastive_loss(model, img, tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,6 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--template-prob", type=float, default=0.4)
     p.add_argument("--group-frac", type=float, default=0.5,
                    help="share of each batch in contrast groups (faces differing in one attribute)")
+    p.add_argument("--group-attrs", default="",
+                   help="comma-separated discrete attributes that contrast groups vary (default: all)")
+    p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
+    p.add_argument("--new-schedule", action="store_true",
+                   help="a warm start (from --init/--export) begins its own warm-up and cosine at its first step")
+    p.add_argument("--freeze-text", action="store_true",
+                   help="train the image tower only (text tower and logit scale locked); like the batch options, "
+                        "give it again when resuming")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--state", default=str(DEFAULT_STATE))
