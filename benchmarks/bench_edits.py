@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
     p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
     p.add_argument("--l2", type=float, default=None, help="optimization: L2 weight (default: the model's)")
+    p.add_argument("--space", choices=("w_plus", "s"), default="w_plus", help="optimization: latent space")
     p.add_argument("--id-lambda", type=float, default=None,
                    help="optimization: identity weight (default: the model's, with its identity network)")
     p.add_argument(
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         edit_fn = mapper_edit(loaded, paths, strength=args.strength)
         label = f"latent mapper ({folder}), strength {args.strength:g}"
     else:
-        edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda)
+        edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda,
+                                    space=args.space)
         label = f"latent optimization, {edit_fn.describe(specs[0])}"
     load_s = time.perf_counter() - t0
 

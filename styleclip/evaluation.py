@@ -591,10 +591,11 @@ def mapper_paths_in(directory: str | Path, specs: Sequence[EditSpec] = BENCHMARK
 class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
-    def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float | None, id_lambda: float | None):
+    def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float | None, id_lambda: float | None,
+                 space: str = "w_plus"):
         from .studio import optimization_weights
 
-        self.loaded, self.steps = loaded, int(steps)
+        self.loaded, self.steps, self.space = loaded, int(steps), space
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
@@ -609,22 +610,24 @@ class _OptimizationEdit:
             l2_lambda=self.l2_lambda,
             id_lambda=self.id_lambda,
             identity=self.identity,
+            space=self.space,
         )
         return result.img.detach()
 
     def describe(self, spec: EditSpec) -> str:
-        return f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
+        text = f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
+        return text + ("" if self.space == "w_plus" else f", space {self.space}")
 
 
 def optimization_edit(loaded: LoadedModel, steps: int = 40, l2_lambda: float | None = None,
-                      id_lambda: float | None = None) -> EditFn:
-    """edit_fn for latent optimization (W+, the notebook's 40 steps; the weights default to the model's, as the
-    app and CLI use them: `studio.optimization_weights`).
+                      id_lambda: float | None = None, space: str = "w_plus") -> EditFn:
+    """edit_fn for latent optimization (W+ or "s", the notebook's 40 steps; the weights default to the model's,
+    as the app and CLI use them: `studio.optimization_weights`).
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.
     """
-    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda)
+    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space)
 
 
 # ------------------------------------------------------------------------------------------------- formatting

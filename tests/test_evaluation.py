@@ -16,6 +16,7 @@ from styleclip.evaluation import (
     format_report,
     global_directions_edit,
     mapper_paths_in,
+    model_source_fn,
 )
 from styleclip.studio import seed_to_z
 from styleclip.toyfaces.attributes import attribute
@@ -200,3 +201,21 @@ def test_global_directions_edit_edits_the_given_source_code():
     swapped = global_directions_edit(loaded, alpha=4.1, beta=0.15, source_s=lambda seed: loaded.s_of_seed(seed + 1))
     torch.testing.assert_close(swapped(spec, 3), default(spec, 4))
     assert not torch.allclose(swapped(spec, 3), default(spec, 3))
+
+
+def test_optimization_edit_follows_the_engines_space():
+    """The benchmark's optimization edit passes its space to the engine: S and W+ runs differ, both edit."""
+    from styleclip.evaluation import optimization_edit
+    from styleclip.studio import Studio
+
+    loaded = Studio().model("toyfaces")
+    spec = next(s for s in BENCHMARK_EDITS if s.name == "purple background")
+    edit_s = optimization_edit(loaded, steps=3, l2_lambda=0.0, id_lambda=0.0, space="s")
+    edit_w = optimization_edit(loaded, steps=3, l2_lambda=0.0, id_lambda=0.0)
+    assert "space s" in edit_s.describe(spec) and "space" not in edit_w.describe(spec)
+    img_s, img_w = edit_s(spec, 0), edit_w(spec, 0)
+    source = model_source_fn(loaded)(0)
+    assert img_s.shape == img_w.shape == source.shape
+    assert not torch.allclose(img_s, source, atol=1e-3) and not torch.allclose(img_s, img_w, atol=1e-3)
+    with pytest.raises(ValueError, match="space"):
+        optimization_edit(loaded, steps=3, space="z")(spec, 0)

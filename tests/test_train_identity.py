@@ -23,17 +23,19 @@ torch.set_num_threads(1)
 def test_triplets_change_one_attribute_or_the_identity():
     u = identity_triplet_normals(60, seed=3)
     assert u.shape[:2] == (3, 60)
-    unchanged = 0
+    unchanged = new_background = 0
     for i in range(60):
         a, b, c = (labels_of(params_from_normal(u[k, i])) for k in range(3))
-        changed_b = [name for name in a if a[name] != b[name]]
+        new_background += a["background"] != b["background"]
+        changed_b = [name for name in a if a[name] != b[name] and name != "background"]
         assert len(changed_b) <= 1 and set(changed_b) <= set(EDITABLE_ATTRIBUTES)  # b: the same face
         unchanged += not changed_b
         changed_c = [name for name in a if a[name] != c[name]]
         assert len(changed_c) == 1 and changed_c[0] in IDENTITY_ATTRIBUTES  # c: one identity attribute
         if changed_c[0] == "face_width":
             assert abs(a["face_width"] - c["face_width"]) >= 0.2
-    assert 0 < unchanged < 30  # about 15% differ only in pose and light
+    assert 0 < unchanged < 30  # about 15% differ only in pose and light (and maybe the background)
+    assert 20 <= new_background <= 45  # about half get a new background; c always keeps a's (checked above)
     assert not np.allclose(u[1, :, -9:], u[0, :, -9:])  # b gets a new pose and light, c keeps a's
     assert np.array_equal(u[2, :, -9:], u[0, :, -9:])
     assert np.array_equal(identity_triplet_normals(60, seed=3), u)  # seeded
@@ -57,6 +59,8 @@ def test_same_person_rules():
     assert torch.equal(same, same.t())
     labels["hat"][5] = 0
     assert same_person(labels, visible)[0, 5]  # one other attribute changed: the same face
+    labels["background"][5] = 3
+    assert same_person(labels, visible)[0, 5]  # a new background on top is not a difference of the face
 
 
 def test_loss_prefers_partners_and_ignores_indistinct_images():

@@ -3,10 +3,13 @@
 For each of `--triplets` faces three renders are made (cached under data/toyfaces/):
   a: a random face;
   b: the same face with at most one other attribute changed (hair, glasses, hat, expression, background, ...;
-     none in 15% of the triplets) and every nuisance (pose, size, position, light, shirt) resampled: the
-     positive, "the same face apart from the edited attribute";
-  c: face a, same pose, with one identity attribute (skin tone, eye colour, nose, face width) changed: a hard
-     negative.
+     none in 15% of the triplets), every nuisance (pose, size, position, light, shirt) resampled, and in half
+     of the triplets a new background as well: the positive, "the same face apart from the edited attribute";
+  c: face a, same pose and background, with one identity attribute (skin tone, eye colour, nose, face width)
+     changed: a hard negative.
+The background is never part of a face (an aligned ArcFace crop barely shows it): a network trained with it
+fixed in the positives had learnt it as the strongest identity cue (cosine 0.66 for a background change alone),
+which made the identity term fight every background edit.
 The loss is InfoNCE over the batch: a and b are each other's positives; every other image is a negative except
 those that cannot be told apart (`same_person`: the same identity attributes and at most one other visible
 difference). So the embedding ignores pose and light, tolerates one changed attribute, and drifts further with
@@ -44,7 +47,10 @@ _COLUMNS = {a.name: i for i, a in enumerate(ATTRIBUTES)}
 _ID_COLUMNS = [_COLUMNS[name] for name in IDENTITY_ATTRIBUTES]
 EDITABLE_ATTRIBUTES = tuple(a.name for a in ATTRIBUTES if a.name not in IDENTITY_ATTRIBUTES)
 _NUISANCE_COLUMNS = list(range(len(ATTRIBUTES), NUM_PARAMS))
-UNCHANGED_FRACTION = 0.15  # positives that differ only in pose and light
+UNCHANGED_FRACTION = 0.15  # positives that differ only in pose and light (and maybe the background)
+BACKGROUND_FRACTION = 0.5  # positives that also get a new background
+NON_FACE_ATTRIBUTES = ("background",)  # never an identity cue, nor a difference that `same_person` counts
+TRIPLET_RECIPE = 2  # part of the cache file name: triplets of another recipe are not reused
 WIDTH_TOLERANCE = 0.08  # face widths closer than this (in [0, 1]) count as the same person
 _NORMAL = statistics.NormalDist()
 
@@ -77,6 +83,8 @@ def identity_triplet_normals(n: int, seed: int) -> np.ndarray:
             b[i, _COLUMNS[name]] = changed_normal(rng, name, float(a[i, _COLUMNS[name]]))
         name = IDENTITY_ATTRIBUTES[int(rng.integers(len(IDENTITY_ATTRIBUTES)))]
         c[i, _COLUMNS[name]] = changed_normal(rng, name, float(a[i, _COLUMNS[name]]))
+        if rng.random() < BACKGROUND_FRACTION:
+            b[i, _COLUMNS["background"]] = changed_normal(rng, "background", float(a[i, _COLUMNS["background"]]))
     return np.stack([a, b, c])
 
 
@@ -89,7 +97,7 @@ def identity_triplets(n: int, seed: int, size: int = 64, workers: int = 2, use_c
     """
     u = identity_triplet_normals(n, seed)
     params = [params_from_normal(row) for row in u.reshape(-1, NUM_PARAMS)]
-    path = cache_dir() / f"identity_v{RENDERER_VERSION}_n{n}_s{seed}_r{size}.npz"
+    path = cache_dir() / f"identity_v{RENDERER_VERSION}_t{TRIPLET_RECIPE}_n{n}_s{seed}_r{size}.npz"
     images = cached_renders(path if use_cache else None, u.reshape(-1, NUM_PARAMS), size, workers)
     images = images.reshape(3, n, size, size, 3)
     labels = {k: v.reshape(3, n) for k, v in labels_array(params).items()}
@@ -100,7 +108,7 @@ def identity_triplets(n: int, seed: int, size: int = 64, workers: int = 2, use_c
 def same_person(labels: dict[str, torch.Tensor], visible: dict[str, torch.Tensor]) -> torch.Tensor:
     """[M, M] bool: images that count as the same face: equal identity attributes (face widths within
     WIDTH_TOLERANCE; an eye colour hidden in either image matches any) and at most one other visible attribute
-    different. labels/visible: attribute name -> [M]."""
+    different, the background not counted. labels/visible: attribute name -> [M]."""
     m = len(labels["skin_tone"])
     eq = torch.ones(m, m, dtype=torch.bool)
     for name in IDENTITY_ATTRIBUTES:
@@ -114,6 +122,8 @@ def same_person(labels: dict[str, torch.Tensor], visible: dict[str, torch.Tensor
             eq &= v[:, None] == v[None, :]
     differences = torch.zeros(m, m, dtype=torch.long)
     for name in EDITABLE_ATTRIBUTES:
+        if name in NON_FACE_ATTRIBUTES:
+            continue
         v, seen = labels[name], visible[name]
         differences += ((v[:, None] != v[None, :]) & seen[:, None] & seen[None, :]).long()
     return eq & (differences <= 1)
