@@ -178,14 +178,15 @@ def test_contrast_groups_vary_only_the_chosen_attributes():
         assert len({lab[next(iter(varied))] for lab in labels}) == len(params)
 
 
-def test_clip_trainer_continuation_restarts_its_schedule_and_keeps_it_on_resume(tmp_path, capsys):
+def test_clip_trainer_continuation_restarts_its_schedule_and_keeps_it_on_resume(tmp_path):
     assert train_clip.lr_at(1000, 2000, 1.0, warmup=10, origin=1000) == pytest.approx(0.1)
     assert train_clip.lr_at(1900, 2000, 1.0, warmup=10) < 0.01  # without an origin: the end of the old cosine
     assert train_clip.lr_at(1900, 2900, 1.0, warmup=10, origin=1900) == pytest.approx(0.1)
     init, state, export = tmp_path / "init.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
-    common = ["--batch", "4", "--log-every", "1", "--state", str(state), "--export", str(export)]
-    train_clip.main(["--restart", "--steps", "2", *common[:-1], str(init)])
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state)]
+    train_clip.main(["--restart", "--steps", "2", *common, "--export", str(init)])
     state.unlink()  # a fresh clone: no state, only the export to continue from
+    common += ["--export", str(export)]
     train_clip.main(["--init", str(init), "--new-schedule", "--warmup", "1", "--steps", "3",
                      "--group-attrs", "mouth", "--group-frac", "1.0", *common])
     assert torch.load(state, weights_only=True)["schedule_origin"] == 2
