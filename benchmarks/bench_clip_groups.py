@@ -16,10 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import clip
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,8 +37,8 @@ def group_scores(model: ClipModel, attr: str, groups: int, seed: int = 123) -> t
         params, mentions = train_clip.contrast_group(rng, 4, (attr,))
         texts = [train_clip.make_caption(p, rng, 0.0, m) for p, m in zip(params, mentions)]
         with torch.no_grad():
-            image = F.normalize(model.encode_image(to_img(render_batch(params, model.input_resolution))), dim=-1)
-            text = F.normalize(train_clip.encode_text_cut(model.model, clip.tokenize(texts)), dim=-1)
+            image = model.encode_image(to_img(render_batch(params, model.input_resolution)))  # [n, D] unit
+            text = model.encode_text(texts)  # [n, D] unit
         n = len(params)
         hits += int(((image.float() @ text.float().T).argmax(1) == torch.arange(n)).sum())
         total += n

@@ -177,6 +177,10 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
 
 
 def train(args: argparse.Namespace) -> None:
+    group_attrs = tuple(a for a in args.group_attrs.split(",") if a)
+    unknown = sorted(set(group_attrs) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
+    if unknown:
+        raise SystemExit(f"--group-attrs: unknown discrete attributes {unknown}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -213,10 +217,6 @@ def train(args: argparse.Namespace) -> None:
         print(json.dumps({"warm_start": str(warm_path), "step": step}), flush=True)
         # A continuation from weights whose cosine has already decayed needs its own schedule to learn anything.
         origin = step if args.new_schedule else 0
-    group_attrs = tuple(a for a in args.group_attrs.split(",") if a)
-    unknown = sorted(set(group_attrs) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
-    if unknown:
-        raise SystemExit(f"--group-attrs: unknown discrete attributes {unknown}")
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac, group_attrs=group_attrs), step, args.workers)
