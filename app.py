@@ -27,9 +27,9 @@ from styleclip.engines.precompute import Cancelled, precompute
 from styleclip.imaging import img_to_image
 from styleclip.models import model_zoo
 from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
-                              INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_STEPS_DEFAULT,
+                              INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_GROUPS, MAPPER_STEPS_DEFAULT,
                               MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE,
-                              MissingStatisticsError, Studio)
+                              MissingStatisticsError, Studio, validate_groups)
 
 log = logging.getLogger("styleclip.app")
 STUDIO = Studio()
@@ -367,29 +367,33 @@ def on_apply_mapper(state: dict, mapper_path: str, seeds_text: str, strength):
     return gallery, paths + [mapper_path]
 
 
-def mapper_run_path(model: str, name: str, steps, l2_weight) -> tuple[Path, float]:
+def mapper_run_path(model: str, name: str, steps, l2_weight, groups=MAPPER_GROUPS) -> tuple[Path, float]:
     """The session checkpoint of a mapper run, and the identity weight it trains with (the model's default).
 
     The name holds every setting a resume must share, so "train again with the same settings" finds the run
     (also after a restart of the app), and a run under another default identity weight starts its own file.
     """
     _, id_weight, _ = STUDIO.mapper_identity(model)
-    settings = json.dumps([model, name, int(steps), float(l2_weight), float(id_weight)])
+    settings = [model, name, int(steps), float(l2_weight), float(id_weight)]
+    if tuple(groups) != MAPPER_GROUPS:  # all three groups: the name runs had before the switch existed
+        settings.append(list(groups))
+    settings = json.dumps(settings)
     return EXPORT_DIR / f"mapper_{model}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.pt", id_weight
 
 
-def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: dict):
+def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_mappers: dict):
     """Streams (status, loss table, preview gallery, mapper choices, session mappers) while training."""
     name = (text or "").strip()
     rows: list[dict] = []
     gallery, status, last_yield, t_start = [], "Starting…", 0.0, time.monotonic()
     keep = gr.update()
     try:
-        out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight)
+        groups = validate_groups(groups)
+        out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight, groups)
 
         def job(emit, should_stop):
             return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, id_weight=id_weight,
-                                       should_stop=should_stop, on_step=lambda rec: emit("step", rec),
+                                       groups=groups, should_stop=should_stop, on_step=lambda rec: emit("step", rec),
                                        on_preview=lambda step, pairs: emit("preview", pairs))
         for kind, payload in stream_job(job):
             if kind == "step":
@@ -403,8 +407,9 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, session_mappers: d
                 session_mappers = {**session_mappers, name: payload["path"]}
                 choices = mapper_choices(state["model"], session_mappers)
                 identity = f", identity weight {payload['id_weight']:g}" if payload["id_weight"] else ""
+                layers = "" if tuple(groups) == MAPPER_GROUPS else f", {' and '.join(groups)} layers only"
                 yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f}"
-                       f"{identity}); it is now in the mapper list.", pd.DataFrame(rows), gallery,
+                       f"{identity}{layers}); it is now in the mapper list.", pd.DataFrame(rows), gallery,
                        gr.update(choices=choices, value=payload["path"]), session_mappers)
                 return
             if kind == "preview" or time.monotonic() - last_yield > 0.5:
@@ -595,6 +600,11 @@ def build_demo() -> gr.Blocks:
                                                     label="steps", elem_id="train-steps")
                             train_l2 = gr.Slider(0.0, 2.0, value=0.8, step=0.05,
                                                  label="L2 weight — smaller edits more, larger keeps more")
+                            train_groups = gr.CheckboxGroup(
+                                list(MAPPER_GROUPS), value=list(MAPPER_GROUPS), label="Layers the mapper edits",
+                                info="coarse: shapes and accessories (hats, glasses, eyes); medium and fine: "
+                                     "colours (hair, background). Leaving out the others keeps more of the face.",
+                                elem_id="train-groups")
                             with gr.Row():
                                 train_btn = gr.Button("Train", variant="primary", elem_id="train-run")
                                 train_stop = gr.Button("Stop")
@@ -685,7 +695,8 @@ def build_demo() -> gr.Blocks:
         fresh_btn.click(on_fresh_render, [model], [photo], api_visibility="private")
         mapper_apply.click(on_apply_mapper, [state, mapper_pick, mapper_seeds, mapper_strength],
                            [mapper_gallery, mapper_files], api_visibility="private")
-        train_event = train_btn.click(on_train_mapper, [state, train_text, train_steps, train_l2, session_mappers],
+        train_event = train_btn.click(on_train_mapper,
+                                      [state, train_text, train_steps, train_l2, train_groups, session_mappers],
                                       [train_status, train_plot, train_preview, mapper_pick, session_mappers],
                                       api_visibility="private")
         train_stop.click(None, None, None, cancels=[train_event], api_visibility="private")

@@ -4,6 +4,7 @@ table, or one JSON object with `--json`.
 
     python benchmarks/bench_edits.py --engine global [--seeds 50] [--alpha 4.1] [--beta 0.15]
     python benchmarks/bench_edits.py --engine mapper [--mappers assets/mappers/toyfaces] [--strength 1.0]
+    python benchmarks/bench_edits.py --engine mapper --groups medium,fine   # only those rows of each edit
     python benchmarks/bench_edits.py --engine optimization [--steps 40] [--l2 0.008] [--json]
 
 Seeds are 0 … N-1 in the app's convention. Without --beta, beta is chosen per text pair by auto-beta, as the app.
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from styleclip.engines.mapper import GROUPS
 from styleclip.evaluation import (
     BENCHMARK_EDITS,
     evaluate_edits,
@@ -49,9 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         "--mappers", default=None, help="mapper: folder of <edit_name>.pt (default: shipped mappers)"
     )
     p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
+    p.add_argument("--groups", default=None,
+                   help="mapper: apply only these W+ groups' part of each edit, e.g. 'medium,fine' (default: all)")
     p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
     p.add_argument("--l2", type=float, default=None, help="optimization: L2 weight (default: the model's)")
     p.add_argument("--space", choices=("w_plus", "s"), default="w_plus", help="optimization: latent space")
+    p.add_argument("--clip-views", type=int, default=1,
+                   help="optimization: images CLIP reads per step (1 plain + shifted, noised copies)")
     p.add_argument("--id-lambda", type=float, default=None,
                    help="optimization: identity weight (default: the model's, with its identity network)")
     p.add_argument(
@@ -86,11 +92,16 @@ def main(argv: list[str] | None = None) -> None:
             p.error(
                 f"no mapper for any edit in {folder} (expected e.g. {specs[0].name.replace(' ', '_')}.pt)"
             )
-        edit_fn = mapper_edit(loaded, paths, strength=args.strength)
+        groups = None if args.groups is None else [g.strip() for g in args.groups.split(",") if g.strip()]
+        unknown = sorted(set(groups or ()) - set(GROUPS))
+        if unknown:
+            p.error(f"unknown groups {unknown}; known: {list(GROUPS)}")
+        edit_fn = mapper_edit(loaded, paths, strength=args.strength, groups=groups)
         label = f"latent mapper ({folder}), strength {args.strength:g}"
+        label += "" if groups is None else f", groups {'+'.join(groups) or 'none'}"
     else:
         edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda,
-                                    space=args.space)
+                                    space=args.space, clip_views=args.clip_views)
         label = f"latent optimization, {edit_fn.describe(specs[0])}"
     load_s = time.perf_counter() - t0
 

@@ -540,10 +540,12 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
 class _MapperEdit:
     """edit_fn for latent mappers: w_plus + strength·0.1·M(w_plus), one mapper per spec name."""
 
-    def __init__(self, loaded: LoadedModel, mapper_paths: dict[str, str | Path], strength: float):
+    def __init__(self, loaded: LoadedModel, mapper_paths: dict[str, str | Path], strength: float,
+                 groups: Sequence[str] | None = None):
         if not math.isfinite(float(strength)):
             raise ValueError(f"strength must be a finite number, got {strength}")
         self.loaded, self.strength = loaded, float(strength)
+        self.groups = None if groups is None else tuple(groups)
         self.paths = {name: Path(p) for name, p in mapper_paths.items()}
         self._mappers: dict[str, torch.nn.Module] = {}
 
@@ -559,26 +561,29 @@ class _MapperEdit:
         if mapper is None:
             mapper = self._mappers[spec.name] = load_mapper(self.paths[spec.name], self.loaded.generator)
         with torch.inference_mode():
-            w_plus = apply_mapper(mapper, self.loaded.source_w_plus(seed), self.strength)
+            w_plus = apply_mapper(mapper, self.loaded.source_w_plus(seed), self.strength, self.groups)
             return self.loaded.generator.synthesis_w_plus(w_plus)
 
     def describe(self, spec: EditSpec) -> str:
-        return f"mapper {self.paths[spec.name].name}, strength {self.strength:g}"
+        groups = "" if self.groups is None else f", groups {'+'.join(self.groups) or 'none'}"
+        return f"mapper {self.paths[spec.name].name}, strength {self.strength:g}{groups}"
 
 
-def mapper_edit(loaded: LoadedModel, mapper_paths: dict[str, str | Path], strength: float = 1.0) -> EditFn:
+def mapper_edit(loaded: LoadedModel, mapper_paths: dict[str, str | Path], strength: float = 1.0,
+                groups: Sequence[str] | None = None) -> EditFn:
     """edit_fn for latent mappers.
 
     Args:
         loaded: the model the mappers were trained for.
         mapper_paths: spec name → mapper file (ours or official); specs without one are skipped.
         strength: residual scale (1 is the trained edit).
+        groups: apply only these W+ groups' part of each edit (`apply_mapper`); None: the whole edit.
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R]; mappers are loaded on first use (MapperCheckpointError, a
         ValueError, for a bad file).
     """
-    return _MapperEdit(loaded, mapper_paths, strength)
+    return _MapperEdit(loaded, mapper_paths, strength, groups)
 
 
 def mapper_paths_in(directory: str | Path, specs: Sequence[EditSpec] = BENCHMARK_EDITS) -> dict[str, Path]:
@@ -592,10 +597,10 @@ class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
     def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float | None, id_lambda: float | None,
-                 space: str = "w_plus"):
+                 space: str = "w_plus", clip_views: int = 1):
         from .studio import optimization_weights
 
-        self.loaded, self.steps, self.space = loaded, int(steps), space
+        self.loaded, self.steps, self.space, self.clip_views = loaded, int(steps), space, int(clip_views)
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
@@ -611,23 +616,25 @@ class _OptimizationEdit:
             id_lambda=self.id_lambda,
             identity=self.identity,
             space=self.space,
+            clip_views=self.clip_views,
         )
         return result.img.detach()
 
     def describe(self, spec: EditSpec) -> str:
         text = f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
+        text += "" if self.clip_views == 1 else f", {self.clip_views} CLIP views"
         return text + ("" if self.space == "w_plus" else f", space {self.space}")
 
 
 def optimization_edit(loaded: LoadedModel, steps: int = 40, l2_lambda: float | None = None,
-                      id_lambda: float | None = None, space: str = "w_plus") -> EditFn:
+                      id_lambda: float | None = None, space: str = "w_plus", clip_views: int = 1) -> EditFn:
     """edit_fn for latent optimization (W+ or "s", the notebook's 40 steps; the weights default to the model's,
     as the app and CLI use them: `studio.optimization_weights`).
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.
     """
-    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space)
+    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space, clip_views)
 
 
 # ------------------------------------------------------------------------------------------------- formatting

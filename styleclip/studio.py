@@ -10,6 +10,7 @@ import io
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from .engines.global_directions import GlobalDirections
+from .engines.mapper import GROUPS as MAPPER_GROUPS
 from .engines.statistics import GlobalStatistics, StatisticsError, load_statistics
 from .imaging import img_to_image, img_to_images
 from .models import model_zoo, registry
@@ -69,6 +71,17 @@ def validate_range(value, name: str, lo: float, hi: float) -> float:
     if not np.isfinite(value) or not lo <= value <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {value}.")
     return value
+
+
+def validate_groups(groups) -> tuple[str, ...]:
+    """The mapper's W+ row groups in their canonical order; ValueError for none or an unknown name."""
+    chosen = [str(g).strip().lower() for g in (groups or ())]
+    unknown = sorted(set(chosen) - set(MAPPER_GROUPS))
+    if unknown:
+        raise ValueError(f"Unknown layer group(s) {unknown}; choose among {list(MAPPER_GROUPS)}.")
+    if not chosen:
+        raise ValueError("Pick at least one layer group (coarse, medium or fine) for the mapper to edit.")
+    return tuple(g for g in MAPPER_GROUPS if g in chosen)
 
 
 def validate_seed(seed) -> int:
@@ -409,11 +422,14 @@ class Studio:
 
     def train_mapper(self, model: str, text: str, out_path: str | Path, steps=MAPPER_STEPS_DEFAULT,
                      l2_weight=0.8, progress=None, should_stop=None, on_preview=None, on_step=None,
-                     preview_every: int = 25, id_weight: float | None = None) -> dict:
+                     preview_every: int = 25, id_weight: float | None = None,
+                     groups: Sequence[str] = MAPPER_GROUPS) -> dict:
         """Trains a mapper for `text` into out_path (resumes if it exists).
 
         Args:
             id_weight: identity-loss weight; None → the model's default (`mapper_identity`).
+            groups: the W+ row groups the mapper may change (the official --no_*_mapper switches); rows of the
+                others stay as they are. At least one.
             progress: progress(done, total, stage) after each step.
             on_step: on_step({"step", "loss", "clip", "l2"}) after each step.
             on_preview: on_preview(step, [(source image, edited image)]) every `preview_every` steps.
@@ -426,6 +442,7 @@ class Studio:
 
         t0 = time.perf_counter()
         text = validate_text(text, "mapper")
+        groups = validate_groups(groups)
         steps = int(validate_range(steps, "steps", *MAPPER_STEPS_RANGE))
         l2_weight = validate_range(l2_weight, "L2 weight", 0.0, 2.0)
         loaded = self.model(model)
@@ -435,13 +452,13 @@ class Studio:
         mapper, record = train_mapper(
             loaded.generator, loaded.clip, text, steps=steps, batch=2, lr=0.5, clip_weight=1.0,
             l2_weight=l2_weight, id_weight=id_weight, identity=identity, truncation=loaded.bundle.truncation, seed=0,
-            progress=progress, on_step=on_step,
+            groups=groups, progress=progress, on_step=on_step,
             should_stop=should_stop, checkpoint_path=out_path, preview_every=preview_every, on_preview=preview,
             meta={"model": loaded.name, "text": text})
         self._mappers[str(out_path)] = mapper
         last = record[-1] if record else {}
         return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight, "id_weight": id_weight,
-                "clip_loss_end": round(last.get("clip", float("nan")), 4),
+                "groups": list(groups), "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
 
     # -------------------------------------------------------------------------------- photos

@@ -209,8 +209,12 @@ def test_browser_mapper_train_then_apply(browser):
     steps = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#train-steps input[type='number']"))
     steps.clear()
     steps.send_keys("4")
+    coarse = next(label for label in browser.find_elements(By.CSS_SELECTOR, "#train-groups label")
+                  if label.text.strip() == "coarse")
+    coarse.click()  # train the medium and fine rows only
     browser.find_element(By.ID, "train-run").click()
     wait.until(lambda d: _text(d, "train-status").startswith("Trained"))
+    assert "medium and fine layers only" in _text(browser, "train-status")
     seeds = browser.find_element(By.CSS_SELECTOR, "#mapper-seeds input, #mapper-seeds textarea")
     seeds.send_keys("0-2")
     browser.find_element(By.ID, "mapper-apply").click()
@@ -289,6 +293,8 @@ def test_mapper_run_path_is_stable_and_names_the_identity_weight(monkeypatch):
     assert id_weight == app.STUDIO.model("toyfaces").bundle.mapper_id_weight
     assert app.mapper_run_path("toyfaces", "smiling face", 300, 0.8) == (path, id_weight)
     assert app.mapper_run_path("toyfaces", "smiling face", 301, 0.8)[0] != path
+    assert app.mapper_run_path("toyfaces", "smiling face", 300, 0.8, ("coarse", "medium", "fine"))[0] == path
+    assert app.mapper_run_path("toyfaces", "smiling face", 300, 0.8, ("medium", "fine"))[0] != path
     # A run trained under another default identity weight must not be resumed as if it were this one.
     monkeypatch.setattr(app.STUDIO, "mapper_identity", lambda model: (None, 0.0, None))
     other_path, other_weight = app.mapper_run_path("toyfaces", "smiling face", 300, 0.8)

@@ -29,6 +29,7 @@ from styleclip.engines.mapper import (
     sample_w_plus,
     save_mapper,
     train_mapper,
+    validation_objective,
 )
 from styleclip.models.checkpoints import CheckpointError
 from styleclip.models.clip_model import ClipModel, build_small_clip
@@ -142,6 +143,21 @@ def test_switched_off_group_leaves_its_rows_unchanged(gen64, off):
         same = torch.equal(edited[:, start:stop], w_plus[:, start:stop])
         assert same == (group == off), group
     assert torch.equal(apply_mapper(mapper, w_plus, strength=0.0), w_plus)
+
+
+def test_applying_some_groups_edits_only_their_rows(gen64):
+    mapper = LevelsMapper.for_generator(gen64, seed=0)
+    w_plus = gen64.z_to_w_plus(torch.randn(2, 32), 0.7)
+    with torch.no_grad():
+        full = apply_mapper(mapper, w_plus)
+        fine_only = apply_mapper(mapper, w_plus, groups=["fine"])
+        assert torch.equal(apply_mapper(mapper, w_plus, groups=GROUPS), full)
+        assert torch.equal(apply_mapper(mapper, w_plus, groups=[]), w_plus)
+    assert torch.equal(fine_only[:, :8], w_plus[:, :8])  # coarse and medium rows: the source
+    torch.testing.assert_close(fine_only[:, 8:], full[:, 8:])  # fine rows: the whole edit's
+    assert not torch.equal(fine_only[:, 8:], w_plus[:, 8:])
+    with pytest.raises(ValueError, match="unknown mapper groups"):
+        apply_mapper(mapper, w_plus, groups=["fine", "ultra"])
 
 
 def test_residual_is_one_tenth_of_the_mapper_output_times_strength(gen64):
@@ -362,6 +378,13 @@ def test_training_reduces_the_clip_loss_on_the_text(tiny, tiny_clip):
     end = _eval_clip_loss(tiny, tiny_clip, mapper)
     assert len(history) == 30 and [r["step"] for r in history] == list(range(1, 31))
     assert end < start - 0.005 and end < source - 0.005, (source, start, end)
+    # The held-out objective that picks among a prompt's runs agrees: lower after training, and its terms add up.
+    check = {"clip_weight": 1.0, "l2_weight": 0.8, "n": 12, "batch": 5}
+    before = validation_objective(LevelsMapper.for_generator(tiny, seed=3), tiny, tiny_clip, TEXT, **check)
+    after = validation_objective(mapper, tiny, tiny_clip, TEXT, **check)
+    assert after["clip"] < before["clip"] - 0.005 and set(after) == {"clip", "l2", "loss"}
+    assert after["loss"] == pytest.approx(after["clip"] + 0.8 * after["l2"])
+    assert validation_objective(mapper, tiny, tiny_clip, TEXT, **check) == after  # the same held-out sources
     # Only the mapper learned: the shared generator and CLIP got no gradients.
     assert all(p.grad is None for p in tiny.parameters())
     assert all(p.grad is None for p in tiny_clip.model.parameters())
@@ -521,3 +544,26 @@ def test_cli_trains_and_applies_a_mapper(tmp_path, tiny_models_dir, tiny, capsys
     assert main(["apply-mapper", "--mapper", str(tmp_path / "junk.pt"), "--out", str(png)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and "latent mapper" in err
+
+
+def test_ship_mappers_trains_several_seeds_and_ships_the_best_held_out_run(tmp_path, tiny_models_dir, tiny,
+                                                                         monkeypatch, capsys):
+    from styleclip.toyfaces import ship_mappers
+
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(ship_mappers, "LOG_DIR", tmp_path / "runs")
+    monkeypatch.setattr(ship_mappers, "mappers_dir", lambda model: shipped_dir)
+    ship_mappers.main(["--only", "smiling", "--steps", "3", "--seeds", "0", "5", "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert "smiling (seed 0): ok" in out and "smiling (seed 5): ok" in out
+    lines = [line for line in out.splitlines() if "held-out" in line]
+    assert len(lines) == 2 and sum("<- shipped" in line for line in lines) == 1
+    losses = {int(line.split("seed ")[1].split(":")[0]): float(line.split(" loss ")[1].split()[0]) for line in lines}
+    best = min(losses, key=losses.get)
+    assert f"seed {best}:" in next(line for line in lines if "<- shipped" in line)
+    shipped = load_mapper(shipped_dir / "smiling.pt", tiny)
+    chosen = load_mapper(ship_mappers.run_path("toyfaces", "smiling", best), tiny)
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), chosen.state_dict().values()))
+    assert ship_mappers.run_path("toyfaces", "smiling", 0).name == "smiling.pt"  # older runs resume as seed 0
+    with pytest.raises(SystemExit):
+        ship_mappers.main(["--only", "smiling", "--seeds", "1", "1"])

@@ -75,6 +75,32 @@ def test_optimization_lowers_clip_loss_with_progress_and_previews(generator, cli
     assert result.final_clip_loss == pytest.approx(clip_loss_of(clip_model, result.img), abs=1e-5)
 
 
+def test_clip_views_average_clip_over_shifted_copies_and_stay_deterministic(generator, clip_model):
+    from styleclip.engines.optimization import _views
+
+    img = torch.rand(2, 3, 32, 32) * 2 - 1
+    views = _views(img, 3, torch.Generator().manual_seed(0))
+    assert views.shape == (6, 3, 32, 32) and torch.equal(views[:2], img)
+    assert not torch.allclose(views[2:4], img, atol=0.05)  # shifted and noised copies
+    assert torch.equal(_views(img, 1, torch.Generator()), img)
+    one = optimize(generator, clip_model, TEXT, seed=3, truncation=1.0, steps=6, l2_lambda=0.0)
+    three = optimize(generator, clip_model, TEXT, seed=3, truncation=1.0, steps=6, l2_lambda=0.0, clip_views=3)
+    again = optimize(generator, clip_model, TEXT, seed=3, truncation=1.0, steps=6, l2_lambda=0.0, clip_views=3)
+    assert torch.equal(three.w_plus, again.w_plus) and not torch.equal(three.w_plus, one.w_plus)
+    # The history's CLIP term is the mean over the views: the first step (lr 0) is the start latent's.
+    with torch.no_grad():
+        start = generator.synthesis_w_plus(_start_w_plus(generator, 3), until_resolution=16)
+        expected = 1 - (clip_model.encode_image(_views(start, 3, torch.Generator().manual_seed(3)))
+                        @ clip_model.encode_text([TEXT]).t()).mean()
+    assert three.history[0].clip_loss == pytest.approx(float(expected), abs=1e-5)
+
+
+def _start_w_plus(generator, seed):
+    from styleclip.engines.optimization import _initial_w_plus
+
+    return _initial_w_plus(generator, None, seed, 1.0)
+
+
 def test_large_l2_lambda_keeps_w_plus_close(generator, clip_model):
     z = torch.randn(1, generator.style_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -154,6 +180,7 @@ def test_identity_term(generator, clip_model):
     (dict(seed=-1), "seed"),
     (dict(loss_resolution=12), "loss_resolution"),
     (dict(w_plus_0=torch.zeros(1, 3, 3)), "w_plus_0"),
+    ({"clip_views": 0}, "clip_views"),
 ])
 def test_bad_arguments_are_named(generator, clip_model, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from styleclip.studio import ALPHA_RANGE, BETA_RANGE, validate_range, validate_seed, validate_text
+from styleclip.studio import (
+    ALPHA_RANGE,
+    BETA_RANGE,
+    validate_groups,
+    validate_range,
+    validate_seed,
+    validate_text,
+)
 
 
 def test_text_validation():
@@ -32,6 +39,14 @@ def test_ranges_accept_their_bounds():
 def test_bad_seeds_are_refused(seed):
     with pytest.raises(ValueError, match="seed"):
         validate_seed(seed)
+
+
+def test_mapper_groups_come_back_in_layer_order_and_bad_choices_are_refused():
+    assert validate_groups(["fine", " Coarse"]) == ("coarse", "fine")
+    with pytest.raises(ValueError, match="at least one layer group"):
+        validate_groups([])
+    with pytest.raises(ValueError, match=r"Unknown layer group\(s\) \['ultra'\]"):
+        validate_groups(["fine", "ultra"])
 
 
 def test_seed_accepts_whole_floats():
@@ -85,3 +100,23 @@ def test_apply_mapper_keeps_the_photo_s_refinement(toyfaces_studio):
         expected = img_to_image(generator.synthesis(generator.flat_to_s(s_refined))[0])
     assert np.abs(src.astype(int) - expected).max() <= 1
     assert np.abs(edit.astype(int) - src).mean() > 1  # still edited
+
+
+def test_train_mapper_with_some_groups_leaves_the_other_rows_alone(toyfaces_studio, tmp_path):
+    from styleclip.engines.mapper import apply_mapper, load_mapper
+
+    out = tmp_path / "fine.pt"
+    info = toyfaces_studio.train_mapper("toyfaces", "face with a purple background", out, steps=2, id_weight=0.0,
+                                        groups=["fine"])
+    assert info["groups"] == ["fine"]
+    loaded = toyfaces_studio.model("toyfaces")
+    mapper = load_mapper(out, loaded.generator)
+    assert tuple(mapper.groups) == ("fine",)
+    w_plus = loaded.source_w_plus(4)
+    with torch.no_grad():
+        edited = apply_mapper(mapper, w_plus)
+    start = mapper.config.ranges()["fine"][0]
+    assert torch.equal(edited[:, :start], w_plus[:, :start]) and not torch.equal(edited, w_plus)
+    with pytest.raises(ValueError, match="at least one layer group"):
+        toyfaces_studio.train_mapper("toyfaces", "smiling face", tmp_path / "none.pt", steps=2, groups=[])
+    assert not (tmp_path / "none.pt").exists()

@@ -209,6 +209,56 @@ def test_clip_trainer_with_a_locked_text_tower_changes_only_the_image_tower(tmp_
     assert changed and all(k.startswith("visual.") for k in changed), sorted(changed)[:5]
 
 
+def test_hard_negative_captions_swap_one_attribute_and_keep_the_true_caption_first():
+    from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, params_from_normal, set_attribute
+
+    rng = np.random.default_rng(0)
+    varied = set()
+    for _ in range(30):
+        params = params_from_normal(rng.standard_normal(NUM_PARAMS))
+        state = rng.bit_generator.state
+        texts, name, values = train_clip.hard_negative_captions(params, rng, 0.3, 4, ("mouth", "facial_hair"))
+        varied.add(name)
+        assert name in ("mouth", "facial_hair") and 2 <= len(texts) == len(values) <= 4
+        assert values[0] == labels_of(params)[name] and len(set(values)) == len(values)
+        # A pure function of the random state (batches are replayed on resume).
+        replay = np.random.default_rng()
+        replay.bit_generator.state = state
+        again = train_clip.hard_negative_captions(params, replay, 0.3, 4, ("mouth", "facial_hair"))
+        assert again == (texts, name, values)
+        assert len(set(texts)) == len(texts) and all(
+            set_attribute(params, name, v) != params for v in values[1:])
+    assert varied == {"mouth", "facial_hair"}
+
+
+def test_hard_negative_loss_rewards_the_true_caption_and_ignores_padding():
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    texts = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.1], [0.0, 1.0], [1.0, 0.1]],
+                                                        [[0.1, 1.0], [1.0, 0.0], [0.7, 0.7]]]), dim=-1)
+    tokens = torch.tensor([[[1, 2], [3, 4], [1, 2]], [[5, 6], [7, 8], [9, 9]]])  # row 0's third: padding
+    right = train_clip.hard_negative_loss(image, texts, tokens, torch.tensor(20.0))
+    wrong = train_clip.hard_negative_loss(image.flip(0), texts, tokens, torch.tensor(20.0))
+    assert right < 0.05 < wrong
+    # Padding (a repeat of the true caption) must not count as a rival: row 0 alone is then a two-way choice.
+    two_way = train_clip.hard_negative_loss(image[:1], texts[:1, :2], tokens[:1, :2], torch.tensor(20.0))
+    torch.testing.assert_close(train_clip.hard_negative_loss(image[:1], texts[:1], tokens[:1], torch.tensor(20.0)),
+                               two_way)
+
+
+def test_clip_trainer_with_swapped_captions_needs_the_locked_text_tower(tmp_path):
+    init, state, export = tmp_path / "init.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state)]
+    train_clip.main(["--restart", "--steps", "1", *common, "--export", str(init)])
+    state.unlink()
+    with pytest.raises(SystemExit, match="--freeze-text"):
+        train_clip.main(["--init", str(init), "--negatives", "3", "--steps", "2", *common, "--export", str(export)])
+    train_clip.main(["--init", str(init), "--freeze-text", "--negatives", "3", "--negative-attrs", "mouth,age",
+                     "--new-schedule", "--warmup", "1", "--steps", "3", *common, "--export", str(export)])
+    assert torch.load(export, weights_only=True)["train_step"] == 3
+    img, tokens, negatives = train_clip.batch_at(0, 0, 4, 0.4, negatives=3, negative_attrs=("mouth",))
+    assert img.shape == (4, 3, 64, 64) and negatives.shape == (4, 3, 77) and torch.equal(negatives[:, 0], tokens)
+
+
 def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():
     encoder = train_generator.CodeEncoder(128)
     z, code = (torch.from_numpy(a) for a in fit_mapping.code_pool(64, seed=3))

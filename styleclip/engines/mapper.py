@@ -51,6 +51,7 @@ __all__ = [
     "sample_w_plus",
     "save_mapper",
     "train_mapper",
+    "validation_objective",
 ]
 
 FORMAT = "styleclip-studio-mapper"
@@ -269,19 +270,32 @@ def _check_w_plus(w_plus: torch.Tensor, config: MapperConfig) -> None:
         raise ValueError(f"the mapper expects w_plus [N, {config.n_latent}, {config.style_dim}], got {shape}")
 
 
-def apply_mapper(mapper: LevelsMapper, w_plus: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+def apply_mapper(mapper: LevelsMapper, w_plus: torch.Tensor, strength: float = 1.0,
+                 groups: Sequence[str] | None = None) -> torch.Tensor:
     """The mapper edit: w_plus + strength · 0.1 · M(w_plus).
 
     Args:
         w_plus: [N, L, D] source codes (L, D must match the mapper's config).
         strength: scales the residual; 1 is the trained edit, 0 the source, negative values the opposite.
+        groups: apply only these groups' part of the edit (the other rows keep w_plus); None applies all. This
+            shows where a trained edit lives (benchmarks/bench_edits.py --groups) without retraining.
 
     Returns:
         [N, L, D] edited codes; differentiable w.r.t. the mapper (and w_plus) when grad is enabled.
     """
     if not math.isfinite(float(strength)):
         raise ValueError(f"strength must be a finite number, got {strength}")
-    return w_plus + (RESIDUAL_SCALE * float(strength)) * mapper(w_plus)
+    delta = mapper(w_plus)
+    if groups is not None:
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"unknown mapper groups {unknown}; known: {list(GROUPS)}")
+        keep = torch.zeros(delta.shape[1], 1, dtype=delta.dtype, device=delta.device)
+        for name, (start, stop) in mapper.config.ranges().items():
+            if name in groups:
+                keep[start:stop] = 1
+        delta = delta * keep
+    return w_plus + (RESIDUAL_SCALE * float(strength)) * delta
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -587,6 +601,58 @@ def _identity_fn(identity: Any) -> IdentityLossFn:
     return identity.loss if isinstance(identity, nn.Module) and hasattr(identity, "loss") else identity
 
 
+def _objective(mapper: LevelsMapper, generator: Generator, clip_model: ClipModel, target: torch.Tensor,
+               w_plus: torch.Tensor, resolution: int, weights: tuple[float, float, float],
+               identity: IdentityModel | IdentityLossFn | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mapper objective on w_plus [B, L, D] toward target [1, E]: (loss, {"clip", "l2"[, "id"], "loss"})."""
+    clip_weight, l2_weight, id_weight = weights
+    w_edit = apply_mapper(mapper, w_plus)
+    img = generator.synthesis_w_plus(w_edit, until_resolution=resolution)  # [B, 3, R, R]
+    clip_loss = (1 - clip_model.encode_image(img) @ target.t()).mean()
+    l2_loss = F.mse_loss(w_edit, w_plus)
+    loss = clip_weight * clip_loss + l2_weight * l2_loss
+    terms = {"clip": clip_loss.item(), "l2": l2_loss.item()}
+    if id_weight > 0:
+        with torch.no_grad():
+            img_src = generator.synthesis_w_plus(w_plus, until_resolution=resolution)
+        id_loss = _identity_fn(identity)(img, img_src).mean()
+        loss = loss + id_weight * id_loss
+        terms["id"] = float(id_loss.detach())
+    terms["loss"] = loss.item()
+    return loss, terms
+
+
+VALIDATION_SEED = 20261126  # held-out sources for validation_objective, shared by every run it compares
+
+
+@torch.no_grad()
+def validation_objective(mapper: LevelsMapper, generator: Generator, clip_model: ClipModel, text: str, *,
+                         clip_weight: float, l2_weight: float, id_weight: float = 0.0,
+                         identity: IdentityModel | IdentityLossFn | None = None, truncation: float = 0.7,
+                         n: int = 64, batch: int = 16) -> dict[str, float]:
+    """The training objective of train_mapper on `n` held-out sources (the same ones for every mapper), so runs of
+    one prompt trained from different seeds or settings can be compared without any attribute classifier.
+
+    Returns:
+        {"clip", "l2"[, "id"], "loss"}: means over the n sources.
+    """
+    if id_weight > 0 and identity is None:
+        raise ValueError("id_weight > 0 needs an identity loss (identity=...); none was given.")
+    target = clip_model.encode_text([text.strip()])
+    resolution = clip_render_resolution(generator, clip_model)
+    weights = (clip_weight, l2_weight, id_weight)
+    was_training = mapper.training
+    mapper.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, n, batch):
+        w_plus = sample_w_plus(generator, min(batch, n - start), VALIDATION_SEED, truncation, stream=2, index=start)
+        _, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value * w_plus.shape[0]
+    mapper.train(was_training)
+    return {key: value / n for key, value in sums.items()}
+
+
 def _loss_text(record: dict[str, float]) -> str:
     parts = f"loss {record['loss']:.4f} (clip {record['clip']:.4f}, l2 {record['l2']:.5f}"
     return parts + (f", id {record['id']:.4f})" if "id" in record else ")")
@@ -719,6 +785,7 @@ def train_mapper(
 
     target = clip_model.encode_text([text])  # [1, E], unit norm
     resolution = clip_render_resolution(generator, clip_model)
+    weights = (clip_weight, l2_weight, id_weight)
     preview_src = None
     last_saved = state.step
     while state.step < steps:
@@ -729,19 +796,8 @@ def train_mapper(
             )
             raise Cancelled(f"mapper training stopped at step {state.step} of {steps}{where}")
         w_plus = sample_w_plus(generator, batch, seed, truncation, stream=0, index=state.step)  # [B, L, D]
-        w_edit = apply_mapper(mapper, w_plus)
-        img = generator.synthesis_w_plus(w_edit, until_resolution=resolution)  # [B, 3, R, R]
-        clip_loss = (1 - clip_model.encode_image(img) @ target.t()).mean()
-        l2_loss = F.mse_loss(w_edit, w_plus)
-        loss = clip_weight * clip_loss + l2_weight * l2_loss
-        record = {"step": state.step + 1, "clip": clip_loss.item(), "l2": l2_loss.item()}
-        if id_weight > 0:
-            with torch.no_grad():
-                img_src = generator.synthesis_w_plus(w_plus, until_resolution=resolution)
-            id_loss = _identity_fn(identity)(img, img_src).mean()
-            loss = loss + id_weight * id_loss
-            record["id"] = float(id_loss.detach())
-        record["loss"] = loss.item()
+        loss, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity)
+        record = {"step": state.step + 1, **terms}
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)  # the mapper's parameters only: generator and CLIP get no .grad
         state.optimizer.step()

@@ -187,6 +187,7 @@ def optimize(
     truncation: float = DEFAULTS["truncation"],
     loss_resolution: int | None = None,
     s_0: Sequence[torch.Tensor] | None = None,
+    clip_views: int = 1,
 ) -> OptimizationResult:
     """Edit a latent so its image matches `text` (StyleCLIP latent optimization, "edit" mode).
 
@@ -217,6 +218,10 @@ def optimize(
         loss_resolution: resolution the losses see; default the smallest generator resolution >= CLIP's input.
         s_0: with space == "s", the start style tensors (list of [N, dim_l], e.g. an inversion refined in S,
             which has no exact W+ preimage) instead of those of `w_plus_0`; the ToRGB ones stay fixed.
+        clip_views: CLIP reads the image itself (1, as upstream) or also `clip_views` − 1 copies shifted by a
+            few pixels and lightly noised, the loss averaged over all: a latent that satisfies CLIP on one exact
+            image only (an adversarial tint rather than the described change) no longer pays off. Seeded from
+            `seed`, so a run stays deterministic.
 
     Returns:
         OptimizationResult with the final latent, its full-resolution image and the per-step loss history.
@@ -226,6 +231,9 @@ def optimize(
         OptimizationCancelled: stopped by should_stop (a `Cancelled`; `.result` holds the latest latent).
     """
     _check_args(steps, lr, l2_lambda, id_lambda, space, identity, preview_every)
+    if not isinstance(clip_views, int) or clip_views < 1:
+        raise ValueError(f"clip_views must be a whole number >= 1, got {clip_views!r}.")
+    view_rng = torch.Generator().manual_seed(0 if seed is None else int(seed))
     res = loss_resolution if loss_resolution is not None else clip_render_resolution(generator, clip_model)
     if res not in generator.config.channels():
         raise ValueError(f"loss_resolution must be a power of two in 4..{generator.size}, got {res}.")
@@ -272,7 +280,7 @@ def optimize(
 
         with torch.enable_grad():  # also when the caller runs under no_grad
             img = generator.synthesis(_to_s(generator, latent, space), until_resolution=until)
-            clip_loss = _clip_loss(clip_model, img, text_emb).mean()
+            clip_loss = _clip_loss(clip_model, _views(img, clip_views, view_rng), text_emb).mean()
             l2_loss = sum(((t - t0) ** 2).sum() for t, t0 in zip(latent, start, strict=True))
             loss = clip_loss + l2_lambda * l2_loss
             id_loss = torch.zeros(())
@@ -302,6 +310,21 @@ def optimize(
 def _to_s(generator: Generator, latent: Sequence[torch.Tensor], space: str) -> list[torch.Tensor]:
     """The style tensors for `synthesis` from the optimized variables ([w_plus] or the S list)."""
     return generator.w_plus_to_s(latent[0]) if space == "w_plus" else list(latent)
+
+
+def _views(img: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
+    """img [N, 3, R, R] and count − 1 copies, each rolled by up to R/32 pixels and with noise of std 0.03 →
+    [count·N, 3, R, R]. Small enough that CLIP reads the same face (its training saw such shifts), large enough
+    that a pixel-exact adversarial pattern does not survive."""
+    if count == 1:
+        return img
+    max_shift = max(1, img.shape[-1] // 32)
+    views = [img]
+    for _ in range(count - 1):
+        dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=rng))
+        noise = torch.randn(img.shape, generator=rng).to(img.device, img.dtype)
+        views.append(torch.roll(img, shifts=(dy, dx), dims=(2, 3)) + 0.03 * noise)
+    return torch.cat(views)
 
 
 def _clip_loss(clip_model: ClipModel, img: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

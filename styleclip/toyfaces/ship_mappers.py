@@ -2,12 +2,17 @@
 
     python -m styleclip.toyfaces.ship_mappers                    # the shipped benchmark edits, 2 at a time
     python -m styleclip.toyfaces.ship_mappers --only smiling "blond hair" --steps 1500
+    python -m styleclip.toyfaces.ship_mappers --seeds 0 1 2      # three runs per edit, the best one shipped
 
 Each mapper is trained by the ordinary `train-mapper` command on the edit's target text (so a user's own
 training from the app or CLI gets the same recipe), with its resumable training checkpoint and log in
 `runs/mappers/<model>/` (a rerun after an interruption continues it), then written without the training state
 to `assets/mappers/<model>/<name>.pt`, the file name the app lists and `evaluation.mapper_paths_in` finds.
-Seeded; one process per mapper, one CPU thread each.
+Seeded; one process per run, one CPU thread each.
+
+A mapper's quality depends on its training seed by tens of points (BENCHMARKS.md, "Mapper layer groups"), so
+with several `--seeds` each edit's runs are compared on the training objective over the same held-out sources
+(`mapper.validation_objective`: CLIP, L2 and identity terms, no attribute classifier) and the lowest is shipped.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..engines.mapper import load_mapper, save_mapper
+from ..engines.mapper import load_mapper, save_mapper, validation_objective
 from ..evaluation import BENCHMARK_EDITS
 from ..models.model_zoo import mappers_dir
 from ..studio import Studio
@@ -29,11 +34,31 @@ LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training l
 # Benchmark edits without a shipped mapper: the embedded CLIP does not see facial hair, age or lipstick, and
 # mappers trained for them change the attribute in 0-2% of the benchmark seeds (BENCHMARKS.md, 2026-11-26).
 NOT_SHIPPED = ("beard", "old", "lipstick")
+L2_WEIGHT = 0.8  # train-mapper's default, which `command` keeps
 
 
 def command(model: str, text: str, out: Path, steps: int, seed: int) -> list[str]:
     return [sys.executable, "-m", "styleclip", "train-mapper", "--model", model, "--text", text, "--out", str(out),
             "--steps", str(steps), "--seed", str(seed), "--checkpoint-every", "200"]
+
+
+def run_path(model: str, name: str, seed: int) -> Path:
+    """The training checkpoint of one run (seed 0 keeps the name runs had before --seeds, so they resume)."""
+    stem = name.replace(" ", "_") + ("" if seed == 0 else f"_seed{seed}")
+    return LOG_DIR / model / f"{stem}.pt"
+
+
+def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path]) -> tuple[int, dict[int, dict]]:
+    """The seed whose mapper has the lowest held-out training objective, and every run's objective terms."""
+    loaded = studio.model(model)
+    identity, id_weight, _ = studio.mapper_identity(model)
+    scores = {}
+    for seed, path in runs.items():
+        mapper = load_mapper(path, loaded.generator)
+        scores[seed] = validation_objective(mapper, loaded.generator, loaded.clip, text, clip_weight=1.0,
+                                            l2_weight=L2_WEIGHT, id_weight=id_weight, identity=identity,
+                                            truncation=loaded.bundle.truncation)
+    return min(scores, key=lambda seed: scores[seed]["loss"]), scores
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=None,
                    help="edit names (default: every benchmark edit except " + ", ".join(NOT_SHIPPED) + ")")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds per edit; with several, the run with the lowest held-out objective ships")
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error(f"--seeds must be distinct whole numbers >= 0, got {args.seeds}")
     specs = [s for s in BENCHMARK_EDITS
              if (s.name not in NOT_SHIPPED if args.only is None else s.name in args.only)]
     unknown = set(args.only or ()) - {s.name for s in specs}
@@ -53,25 +81,36 @@ def main(argv: list[str] | None = None) -> None:
     folder = mappers_dir(args.model)
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    studio = Studio()
 
-    generator = Studio().model(args.model).generator
-
-    def run(spec) -> tuple[str, int, float]:
-        out = folder / f"{spec.name.replace(' ', '_')}.pt"
-        checkpoint = LOG_DIR / args.model / out.name
+    def train(job) -> tuple[str, int, int, float]:
+        spec, seed = job
+        checkpoint = run_path(args.model, spec.name, seed)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(checkpoint.with_suffix(".log"), "a") as fh:
-            rc = subprocess.call(command(args.model, spec.target, checkpoint, args.steps, args.seed), stdout=fh,
+            rc = subprocess.call(command(args.model, spec.target, checkpoint, args.steps, seed), stdout=fh,
                                  stderr=subprocess.STDOUT, env=env)
-        if rc == 0:
-            mapper = load_mapper(checkpoint, generator)
-            save_mapper(mapper, out)  # weights, config and meta only: 0.8 MB instead of 2.4 MB
-        return spec.name, rc, time.time() - t0
+        return spec.name, seed, rc, time.time() - t0
 
+    jobs = [(spec, seed) for spec in specs for seed in args.seeds]
+    failed = set()
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for name, rc, seconds in pool.map(run, specs):
-            print(f"{name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {seconds / 60:.1f} min", flush=True)
+        for name, seed, rc, seconds in pool.map(train, jobs):
+            print(f"{name} (seed {seed}): {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {seconds / 60:.1f} min",
+                  flush=True)
+            if rc != 0:
+                failed.add(name)
+    for spec in specs:
+        if spec.name in failed:
+            continue
+        runs = {seed: run_path(args.model, spec.name, seed) for seed in args.seeds}
+        best, scores = pick_best(studio, args.model, spec.target, runs) if len(runs) > 1 else (args.seeds[0], {})
+        for seed, terms in scores.items():
+            print(f"{spec.name} seed {seed}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
+                  + ("  <- shipped" if seed == best else ""), flush=True)
+        mapper = load_mapper(runs[best], studio.model(args.model).generator)
+        save_mapper(mapper, folder / f"{spec.name.replace(' ', '_')}.pt")  # weights, config, meta: 0.8 MB
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ groups of those attributes only; BENCHMARKS.md, "Inside contrast groups"):
     python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_locked/state.pt \
         --export runs/clip_locked/clip.pt --new-schedule --warmup 50 --freeze-text \
         --group-attrs mouth,facial_hair,age,lipstick --group-frac 0.75 --batch 48 --lr 5e-4 --minutes 60
+
+Swapped captions instead of contrast groups (each face chooses among K captions of itself that differ in one
+attribute's value); keep the learning rate at 1e-4 or below, where this tower does not collapse (BENCHMARKS.md):
+
+    python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_hardneg/state.pt \
+        --export runs/clip_hardneg/clip.pt --new-schedule --warmup 50 --freeze-text --negatives 4 \
+        --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --batch 48 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -107,11 +114,49 @@ def contrast_group(rng: np.random.Generator, size: int,
     return params, mentions
 
 
+def hard_negative_captions(params, rng: np.random.Generator, template_prob: float, num: int,
+                           attrs: tuple[str, ...] = ()) -> tuple[list[str], str | None, list[int]]:
+    """Captions of one face that differ only in one attribute's value: its own caption and up to `num` - 1
+    with another value of that attribute put in (as NegCLIP's swapped captions, but value by value).
+
+    The image alone decides which caption is right, so the image tower is pushed to read that attribute on every
+    face, not only in the rare batches that hold two faces told apart by it. `attrs` limits the attribute to
+    those names (empty: any discrete one the face shows).
+
+    Returns:
+        (captions, the attribute, its value indices): caption k describes the face with value k; the first is the
+        face's own. A face that shows none of `attrs` gets one ordinary caption, None and [].
+    """
+    shown = captions._describable(captions.values_of(params))
+    names = [a.name for a in ATTRIBUTES if a.kind == "discrete" and a.name in shown and (not attrs or a.name in attrs)]
+    if not names:
+        return [make_caption(params, rng, template_prob)], None, []
+    chosen = names[int(rng.integers(len(names)))]
+    attr = next(a for a in ATTRIBUTES if a.name == chosen)
+    true_value = attr.index(shown[attr.name])
+    others = [v for v in range(len(attr.values)) if v != true_value]
+    values = [true_value, *(int(v) for v in rng.permutation(others)[: max(0, num - 1)])]
+    extra = [a.name for a in ATTRIBUTES if a.name != attr.name]
+    mention = (attr.name, *(extra[i] for i in rng.choice(len(extra), size=int(min(3, rng.poisson(1.0))),
+                                                          replace=False)))
+    state = rng.bit_generator.state
+    texts = []
+    for v in values:
+        rng.bit_generator.state = state  # the same draws: the captions differ in the attribute's words only
+        texts.append(make_caption(set_attribute(params, attr.name, v), rng, template_prob, mention))
+    return texts, attr.name, values
+
+
 def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac: float = 0.0,
-             group_size: int = 4, group_attrs: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+             group_size: int = 4, group_attrs: tuple[str, ...] = (), negatives: int = 0,
+             negative_attrs: tuple[str, ...] = ()) -> tuple[torch.Tensor, ...]:
     """The training batch of `step`: augmented img [B, 3, 64, 64] and tokens [B, 77]. A `group_frac` share of
     the batch comes in contrast groups (see contrast_group; `group_attrs` picks their attributes), the rest are
-    independent random faces."""
+    independent random faces. With `negatives` > 1, each face's caption comes from hard_negative_captions and
+    a third tensor holds all its captions, [B, negatives, 77], the true one first (faces whose attribute has
+    fewer values repeat their true caption, which the loss masks out)."""
+    if negatives > 1:
+        return _negative_batch(seed, step, batch, template_prob, negatives, negative_attrs)
     rng = np.random.default_rng([seed, step])
     params: list = []
     mentions: list = []
@@ -126,6 +171,27 @@ def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac:
     img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
     texts = [make_caption(p, rng, template_prob, mention) for p, mention in zip(params, mentions)]
     return augment(img, rng), clip.tokenize(texts, truncate=True)
+
+
+def _negative_batch(seed: int, step: int, batch: int, template_prob: float, negatives: int,
+                    attrs: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([seed, step, 1])
+    params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(batch)]
+    img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    sets = [hard_negative_captions(p, rng, template_prob, negatives, attrs)[0] for p in params]
+    padded = [texts + [texts[0]] * (negatives - len(texts)) for texts in sets]
+    all_tokens = clip.tokenize([t for texts in padded for t in texts], truncate=True).view(batch, negatives, -1)
+    return augment(img, rng), all_tokens[:, 0], all_tokens
+
+
+def hard_negative_loss(image_features: torch.Tensor, negative_features: torch.Tensor, tokens: torch.Tensor,
+                       scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each face over its own captions: image_features [B, D] and negative_features [B, K, D]
+    (unit vectors), tokens [B, K, 77] of those captions (column 0 the true one; repeats of it are padding)."""
+    logits = scale * torch.einsum("bd,bkd->bk", image_features, negative_features)
+    padding = (tokens[:, 1:] == tokens[:, :1]).all(dim=-1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(padding, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 300, origin: int = 0) -> float:
@@ -158,13 +224,24 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
-def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_tokens: torch.Tensor | None = None,
+                     negative_weight: float = 1.0) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch, plus `negative_weight` × hard_negative_loss when negative_tokens
+    [B, K, 77] are given (their text features are computed without gradient: use it with a locked text tower)."""
     x = ((img + 1) / 2 - _CLIP_MEAN.to(img.device)) / _CLIP_STD.to(img.device)
     image_features = F.normalize(model.encode_image(x), dim=-1)
     text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
-    logits = model.logit_scale.exp() * image_features @ text_features.t()
+    scale = model.logit_scale.exp()
+    logits = scale * image_features @ text_features.t()
     labels = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    if negative_tokens is None:
+        return loss
+    b, k, length = negative_tokens.shape
+    with torch.no_grad():
+        negative_features = F.normalize(encode_text_cut(model, negative_tokens.reshape(b * k, length)), dim=-1)
+    negative_features = negative_features.view(b, k, -1)
+    return loss + negative_weight * hard_negative_loss(image_features, negative_features, negative_tokens, scale)
 
 
 def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
@@ -178,9 +255,13 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
 
 def train(args: argparse.Namespace) -> None:
     group_attrs = tuple(a for a in args.group_attrs.split(",") if a)
-    unknown = sorted(set(group_attrs) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
-    if unknown:
-        raise SystemExit(f"--group-attrs: unknown discrete attributes {unknown}")
+    negative_attrs = tuple(a for a in args.negative_attrs.split(",") if a)
+    for option, names in (("--group-attrs", group_attrs), ("--negative-attrs", negative_attrs)):
+        unknown = sorted(set(names) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
+        if unknown:
+            raise SystemExit(f"{option}: unknown discrete attributes {unknown}")
+    if args.negatives > 1 and not args.freeze_text:
+        raise SystemExit("--negatives needs --freeze-text: the swapped captions' text features carry no gradient")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -219,7 +300,8 @@ def train(args: argparse.Namespace) -> None:
         origin = step if args.new_schedule else 0
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
-                                       group_frac=args.group_frac, group_attrs=group_attrs), step, args.workers)
+                                       group_frac=args.group_frac, group_attrs=group_attrs,
+                                       negatives=args.negatives, negative_attrs=negative_attrs), step, args.workers)
     model.to(device)
     opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
 
@@ -239,11 +321,10 @@ def train(args: argparse.Namespace) -> None:
     budget = StepBudget(args.steps, args.minutes, start_step)
     while step < total:
         total = budget.update(step)
-        img, tokens = next(stream)
-        img, tokens = img.to(device), tokens.to(device)
+        img, tokens, *negative_tokens = (t.to(device) for t in next(stream))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup, origin)
-        loss = contrastive_loss(model, img, tokens)
+        loss = contrastive_loss(model, img, tokens, *negative_tokens, negative_weight=args.negative_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -280,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="share of each batch in contrast groups (faces differing in one attribute)")
     p.add_argument("--group-attrs", default="",
                    help="comma-separated discrete attributes that contrast groups vary (default: all)")
+    p.add_argument("--negatives", type=int, default=0,
+                   help="captions per face with one attribute's value swapped, the true one included (0: off; "
+                        "needs --freeze-text; replaces contrast groups)")
+    p.add_argument("--negative-attrs", default="",
+                   help="comma-separated discrete attributes the swapped captions vary (default: all)")
+    p.add_argument("--negative-weight", type=float, default=1.0, help="weight of the swapped-caption loss")
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--new-schedule", action="store_true",
                    help="a warm start (from --init/--export) begins its own warm-up and cosine at its first step")
