@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..models.clip_model import IMAGENET_TEMPLATES, build_small_clip, clip_config
 from . import captions
-from .attributes import ATTRIBUTES
+from .attributes import ATTRIBUTES, attribute
 from .budget import StepBudget
 from .prefetch import batches
 from .renderer import NUM_PARAMS, params_from_normal, render_batch, set_attribute
@@ -128,11 +128,11 @@ def hard_negative_captions(params, rng: np.random.Generator, template_prob: floa
         face's own. A face that shows none of `attrs` gets one ordinary caption, None and [].
     """
     shown = captions._describable(captions.values_of(params))
-    names = [a.name for a in ATTRIBUTES if a.kind == "discrete" and a.name in shown and (not attrs or a.name in attrs)]
+    names = [a.name for a in ATTRIBUTES
+             if a.kind == "discrete" and a.name in shown and (not attrs or a.name in attrs)]
     if not names:
         return [make_caption(params, rng, template_prob)], None, []
-    chosen = names[int(rng.integers(len(names)))]
-    attr = next(a for a in ATTRIBUTES if a.name == chosen)
+    attr = attribute(names[int(rng.integers(len(names)))])
     true_value = attr.index(shown[attr.name])
     others = [v for v in range(len(attr.values)) if v != true_value]
     values = [true_value, *(int(v) for v in rng.permutation(others)[: max(0, num - 1)])]
@@ -224,12 +224,17 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
+def image_features_of(model, img: torch.Tensor) -> torch.Tensor:
+    """Unit image embeddings [B, D] of img [B, 3, 64, 64] in [-1, 1], with CLIP's input normalisation."""
+    x = ((img + 1) / 2 - _CLIP_MEAN.to(img.device)) / _CLIP_STD.to(img.device)
+    return F.normalize(model.encode_image(x), dim=-1)
+
+
 def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_tokens: torch.Tensor | None = None,
                      negative_weight: float = 1.0) -> torch.Tensor:
     """Symmetric InfoNCE over the batch, plus `negative_weight` × hard_negative_loss when negative_tokens
     [B, K, 77] are given (their text features are computed without gradient: use it with a locked text tower)."""
-    x = ((img + 1) / 2 - _CLIP_MEAN.to(img.device)) / _CLIP_STD.to(img.device)
-    image_features = F.normalize(model.encode_image(x), dim=-1)
+    image_features = image_features_of(model, img)
     text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
     scale = model.logit_scale.exp()
     logits = scale * image_features @ text_features.t()
