@@ -49,6 +49,8 @@ def test_step_budget_fixes_the_total_from_the_measured_rate(monkeypatch):
     assert totals[:6] == [50_000] * 6
     assert totals[6] == 106 + 1 + 114
     assert StepBudget(steps=9, minutes=0, start_step=0).update(5) == 9
+    # A warm start already past --steps (which count from step 0) still runs long enough to measure its rate.
+    assert StepBudget(steps=3000, minutes=1.0, start_step=5000, settle=2, window=4).update(5000) == 5007
 
 
 def test_z_layout_reads_the_pixel_normalised_z_and_keeps_the_renderers_probabilities():
@@ -194,6 +196,8 @@ def test_clip_trainer_continuation_restarts_its_schedule_and_keeps_it_on_resume(
     assert torch.load(state, weights_only=True)["schedule_origin"] == 2
     with pytest.raises(SystemExit, match="lips"):
         train_clip.main(["--restart", "--steps", "1", "--group-attrs", "lips", *common])
+    with pytest.raises(SystemExit, match="nothing to train: the run is at step 4"):
+        train_clip.main(["--steps", "3", *common])  # a step count below the run's, not a silent no-op
 
 
 def test_clip_trainer_with_a_locked_text_tower_changes_only_the_image_tower(tmp_path):
@@ -245,18 +249,73 @@ def test_hard_negative_loss_rewards_the_true_caption_and_ignores_padding():
                                two_way)
 
 
-def test_clip_trainer_with_swapped_captions_needs_the_locked_text_tower(tmp_path):
+def test_clip_trainer_with_swapped_captions_trains_the_text_tower_unless_it_is_locked(tmp_path):
     init, state, export = tmp_path / "init.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
     common = ["--batch", "4", "--log-every", "1", "--state", str(state)]
     train_clip.main(["--restart", "--steps", "1", *common, "--export", str(init)])
-    state.unlink()
-    with pytest.raises(SystemExit, match="--freeze-text"):
-        train_clip.main(["--init", str(init), "--negatives", "3", "--steps", "2", *common, "--export", str(export)])
-    train_clip.main(["--init", str(init), "--freeze-text", "--negatives", "3", "--negative-attrs", "mouth,age",
-                     "--new-schedule", "--warmup", "1", "--steps", "3", *common, "--export", str(export)])
-    assert torch.load(export, weights_only=True)["train_step"] == 3
+    before = torch.load(init, weights_only=True)["state_dict"]
+    for locked in (True, False):
+        state.unlink()
+        train_clip.main(["--init", str(init), *(["--freeze-text"] if locked else []), "--negatives", "3",
+                         "--negative-attrs", "mouth,age", "--new-schedule", "--warmup", "1", "--steps", "3", *common,
+                         "--export", str(export)])
+        after = torch.load(export, weights_only=True)
+        assert after["train_step"] == 3
+        text_changed = any(not torch.equal(before[k], after["state_dict"][k]) for k in before
+                           if k.startswith("transformer."))
+        assert text_changed is not locked
     img, tokens, negatives = train_clip.batch_at(0, 0, 4, 0.4, negatives=3, negative_attrs=("mouth",))
     assert img.shape == (4, 3, 64, 64) and negatives.shape == (4, 3, 77) and torch.equal(negatives[:, 0], tokens)
+
+
+def test_attribute_heads_read_the_renderers_labels_and_skip_hidden_attributes():
+    from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, observable, params_from_normal
+
+    rng = np.random.default_rng(3)
+    params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(8)]
+    labels, visible = train_clip.label_tensors(params)
+    names = [a.name for a in train_clip.DISCRETE]
+    assert labels.shape == visible.shape == (8, len(names)) and "mouth" in names and "face_width" not in names
+    assert labels[5, names.index("mouth")] == labels_of(params[5])["mouth"]
+    assert visible[:, names.index("eye_color")].tolist() == [observable(p)["eye_color"] for p in params]
+    # With the batch's labels appended, the rest of the batch is unchanged.
+    plain = train_clip.batch_at(0, 0, 4, 0.4, negatives=3)
+    labelled = train_clip.batch_at(0, 0, 4, 0.4, negatives=3, labels=True)
+    assert len(labelled) == 5 and all(torch.equal(a, b) for a, b in zip(plain, labelled))
+
+    heads = train_clip.AttributeHeads(6)
+    for head in heads.heads:  # a head that reads the label off feature 0 exactly
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+        head.weight.data[:, 0] = 50.0 * torch.arange(head.out_features)
+        head.bias.data = -25.0 * torch.arange(head.out_features) ** 2
+    features = torch.zeros(8, 6)
+    features[:, 0] = labels[:, 0].float()  # right for attribute 0, mostly wrong for the others
+    accuracy = heads.accuracy(features, labels, visible)
+    assert accuracy[names[0]] == 1.0 and min(accuracy.values()) < 1.0
+    one = torch.zeros_like(visible)
+    one[:, 0] = True  # only attribute 0 counts: its loss is near 0
+    assert heads.loss(features, labels, one) < 1e-3 < heads.loss(features, labels, visible)
+
+
+def test_clip_trainer_with_attribute_heads_keeps_them_beside_the_clip_weights(tmp_path):
+    state, export = tmp_path / "state.pt", tmp_path / "clip.pt"
+    common = ["--batch", "4", "--log-every", "1", "--state", str(state), "--export", str(export)]
+    train_clip.main(["--restart", "--steps", "2", "--attr-heads", "1", "--negatives", "3", *common])
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 2 and len(saved["heads"]) == 2 * len(train_clip.DISCRETE)
+    exported = torch.load(export, weights_only=True)
+    assert not any("head" in k for k in exported["state_dict"])
+    assert ClipModel.load(export).embed_dim == 256  # the heads beside the weights do not disturb the loader
+    train_clip.main(["--steps", "3", "--attr-heads", "1", "--negatives", "3", *common])  # resumes with its heads
+    assert torch.load(state, weights_only=True)["step"] == 3
+    with pytest.raises(SystemExit, match="--attr-heads"):
+        train_clip.main(["--steps", "4", "--negatives", "3", *common])
+    # A fresh clone has only the export: a continuation from it starts with the exported heads.
+    heads_at_3 = torch.load(export, weights_only=True)["attribute_heads"]
+    state.unlink()
+    train_clip.main(["--init", str(export), "--state", str(state), "--export", str(tmp_path / "next.pt"),
+                     "--steps", "4", "--attr-heads", "1", "--batch", "4", "--lr", "0"])
+    assert all(torch.equal(v, torch.load(state, weights_only=True)["heads"][k]) for k, v in heads_at_3.items())
 
 
 def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():

@@ -17,6 +17,10 @@ class StepBudget:
     def __init__(self, steps: int, minutes: float, start_step: int, settle: int = 20, window: int = 40):
         self.total, self.minutes, self.start_step = steps, minutes, start_step
         self.settle, self.window = settle, window
+        if minutes:
+            # Until the rate is known, run at least long enough to measure it: a warm start may already be past
+            # `steps` (they count from step 0), and would otherwise end before its first step.
+            self.total = max(steps, start_step + settle + window + 1)
         self._t0, self._t_settle = time.time(), None
 
     def update(self, step: int) -> int:

@@ -22,6 +22,15 @@ attribute's value); keep the learning rate at 1e-4 or below, where this tower do
     python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_hardneg/state.pt \
         --export runs/clip_hardneg/clip.pt --new-schedule --warmup 50 --freeze-text --negatives 4 \
         --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --batch 48 --lr 1e-4
+
+Attribute heads (`--attr-heads W`): a linear head per attribute on the image embedding, trained on the renderer's
+labels, gives the image tower a gradient towards every attribute on every face; with the text tower trainable, the
+swapped captions then teach the text tower the same words (BENCHMARKS.md, "Attribute heads"):
+
+    python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_heads/state.pt \
+        --export runs/clip_heads/clip.pt --new-schedule --warmup 50 --negatives 4 \
+        --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --attr-heads 1 \
+        --batch 48 --lr 2e-4 --minutes 65 --workers 1
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from . import captions
 from .attributes import ATTRIBUTES, attribute
 from .budget import StepBudget
 from .prefetch import batches
-from .renderer import NUM_PARAMS, params_from_normal, render_batch, set_attribute
+from .renderer import NUM_PARAMS, labels_of, observable, params_from_normal, render_batch, set_attribute
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO / "runs" / "toyfaces_clip" / "state.pt"
@@ -55,6 +64,7 @@ MODEL_KWARGS = dict(embed_dim=256, image_resolution=64, vision_layers=4, vision_
 # parts of a face (mouth, earrings, lipstick) either (BENCHMARKS.md, "Is it the ViT's 8-px patches?").
 RESNET_KWARGS = {**MODEL_KWARGS, "vision_layers": (2, 2, 2, 2), "vision_width": 32, "vision_patch_size": None}
 VISION_TOWERS = {"vit": MODEL_KWARGS, "resnet": RESNET_KWARGS}
+DISCRETE = tuple(a for a in ATTRIBUTES if a.kind == "discrete")
 _PREFIXES = sorted((p for p in captions._PREFIXES if p), key=len, reverse=True)
 
 
@@ -149,14 +159,32 @@ def hard_negative_captions(params, rng: np.random.Generator, template_prob: floa
 
 def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac: float = 0.0,
              group_size: int = 4, group_attrs: tuple[str, ...] = (), negatives: int = 0,
-             negative_attrs: tuple[str, ...] = ()) -> tuple[torch.Tensor, ...]:
+             negative_attrs: tuple[str, ...] = (), labels: bool = False) -> tuple[torch.Tensor, ...]:
     """The training batch of `step`: augmented img [B, 3, 64, 64] and tokens [B, 77]. A `group_frac` share of
     the batch comes in contrast groups (see contrast_group; `group_attrs` picks their attributes), the rest are
     independent random faces. With `negatives` > 1, each face's caption comes from hard_negative_captions and
     a third tensor holds all its captions, [B, negatives, 77], the true one first (faces whose attribute has
-    fewer values repeat their true caption, which the loss masks out)."""
+    fewer values repeat their true caption, which the loss masks out). With `labels`, two more tensors follow:
+    the renderer's value indices [B, A] of the A discrete attributes (DISCRETE order) and whether each can be
+    seen, [B, A] bool (see AttributeHeads)."""
     if negatives > 1:
-        return _negative_batch(seed, step, batch, template_prob, negatives, negative_attrs)
+        out = _negative_batch(seed, step, batch, template_prob, negatives, negative_attrs)
+    else:
+        out = _caption_batch(seed, step, batch, template_prob, group_frac, group_size, group_attrs)
+    params, tensors = out[0], out[1:]
+    return (*tensors, *label_tensors(params)) if labels else tensors
+
+
+def label_tensors(params: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discrete labels [B, A] (long) and their visibility [B, A] (bool) of a list of face params."""
+    values = [labels_of(p) for p in params]
+    seen = [observable(p) for p in params]
+    return (torch.tensor([[v[a.name] for a in DISCRETE] for v in values], dtype=torch.long),
+            torch.tensor([[o[a.name] for a in DISCRETE] for o in seen], dtype=torch.bool))
+
+
+def _caption_batch(seed: int, step: int, batch: int, template_prob: float, group_frac: float, group_size: int,
+                   group_attrs: tuple[str, ...]) -> tuple:
     rng = np.random.default_rng([seed, step])
     params: list = []
     mentions: list = []
@@ -170,18 +198,50 @@ def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac:
         mentions.append(None)
     img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
     texts = [make_caption(p, rng, template_prob, mention) for p, mention in zip(params, mentions)]
-    return augment(img, rng), clip.tokenize(texts, truncate=True)
+    return params, augment(img, rng), clip.tokenize(texts, truncate=True)
 
 
 def _negative_batch(seed: int, step: int, batch: int, template_prob: float, negatives: int,
-                    attrs: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    attrs: tuple[str, ...]) -> tuple:
     rng = np.random.default_rng([seed, step, 1])
     params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(batch)]
     img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
     sets = [hard_negative_captions(p, rng, template_prob, negatives, attrs)[0] for p in params]
     padded = [texts + [texts[0]] * (negatives - len(texts)) for texts in sets]
     all_tokens = clip.tokenize([t for texts in padded for t in texts], truncate=True).view(batch, negatives, -1)
-    return augment(img, rng), all_tokens[:, 0], all_tokens
+    return params, augment(img, rng), all_tokens[:, 0], all_tokens
+
+
+class AttributeHeads(torch.nn.Module):
+    """One linear softmax head per discrete attribute on the image embedding (before its normalisation).
+
+    Contrastive batches rarely hinge on a beard or a smile, so the image tower gets almost no gradient towards
+    the small parts of a face; the renderer knows every face's attributes, and a head per attribute turns that
+    into a gradient on every face for every attribute (BENCHMARKS.md, "Attribute heads"). The heads are a
+    training device only: the export carries them beside the CLIP's state_dict ("attribute_heads", about
+    80 kB, so that a continuation from a fresh clone keeps them), and no CLIP loader reads them.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(embed_dim, a.num_values) for a in DISCRETE)
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """features [B, D] -> one logits tensor [B, n_values] per attribute, in DISCRETE order."""
+        return [head(features) for head in self.heads]
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Mean over attributes of the cross-entropy on the faces where the attribute can be seen: features
+        [B, D], labels [B, A] long, visible [B, A] bool."""
+        losses = [F.cross_entropy(logits[visible[:, i]], labels[visible[:, i], i])
+                  for i, logits in enumerate(self(features)) if visible[:, i].any()]
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor, visible: torch.Tensor) -> dict[str, float]:
+        """Per attribute, the share of visible faces whose label the head reads."""
+        return {a.name: float((logits.argmax(-1) == labels[:, i])[visible[:, i]].float().mean())
+                for i, (a, logits) in enumerate(zip(DISCRETE, self(features))) if visible[:, i].any()}
 
 
 def hard_negative_loss(image_features: torch.Tensor, negative_features: torch.Tensor, tokens: torch.Tensor,
@@ -224,34 +284,49 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
-def image_features_of(model, img: torch.Tensor) -> torch.Tensor:
-    """Unit image embeddings [B, D] of img [B, 3, 64, 64] in [-1, 1], with CLIP's input normalisation."""
+def image_features_of(model, img: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Image embeddings [B, D] of img [B, 3, 64, 64] in [-1, 1], with CLIP's input normalisation; unit vectors
+    unless `normalize` is False."""
     x = ((img + 1) / 2 - _CLIP_MEAN.to(img.device)) / _CLIP_STD.to(img.device)
-    return F.normalize(model.encode_image(x), dim=-1)
+    features = model.encode_image(x)
+    return F.normalize(features, dim=-1) if normalize else features
 
 
 def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_tokens: torch.Tensor | None = None,
-                     negative_weight: float = 1.0) -> torch.Tensor:
+                     negative_weight: float = 1.0, heads: AttributeHeads | None = None,
+                     labels: torch.Tensor | None = None, visible: torch.Tensor | None = None,
+                     heads_weight: float = 1.0) -> torch.Tensor:
     """Symmetric InfoNCE over the batch, plus `negative_weight` × hard_negative_loss when negative_tokens
-    [B, K, 77] are given (their text features are computed without gradient: use it with a locked text tower)."""
-    image_features = image_features_of(model, img)
-    text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
+    [B, K, 77] are given, plus `heads_weight` × the attribute heads' loss when `heads` (with labels and visible,
+    [B, A]) are given. The swapped captions' text features carry gradient when the text tower is trainable, so
+    the text tower learns to tell the swapped words apart too."""
+    raw = image_features_of(model, img, normalize=False)
+    image_features = F.normalize(raw, dim=-1)
+    text_trainable = model.token_embedding.weight.requires_grad
+    if negative_tokens is not None:
+        b, k, length = negative_tokens.shape
+        with torch.set_grad_enabled(text_trainable and torch.is_grad_enabled()):
+            negative_features = F.normalize(encode_text_cut(model, negative_tokens.reshape(b * k, length)),
+                                            dim=-1).view(b, k, -1)
+    if negative_tokens is not None and text_trainable:
+        text_features = negative_features[:, 0]  # the true captions: one text pass serves both terms
+    else:
+        text_features = F.normalize(encode_text_cut(model, tokens), dim=-1)
     scale = model.logit_scale.exp()
     logits = scale * image_features @ text_features.t()
-    labels = torch.arange(img.shape[0], device=img.device)
-    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-    if negative_tokens is None:
-        return loss
-    b, k, length = negative_tokens.shape
-    with torch.no_grad():
-        negative_features = F.normalize(encode_text_cut(model, negative_tokens.reshape(b * k, length)), dim=-1)
-    negative_features = negative_features.view(b, k, -1)
-    return loss + negative_weight * hard_negative_loss(image_features, negative_features, negative_tokens, scale)
+    targets = torch.arange(img.shape[0], device=img.device)
+    loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    if negative_tokens is not None:
+        loss = loss + negative_weight * hard_negative_loss(image_features, negative_features, negative_tokens, scale)
+    if heads is not None:
+        loss = loss + heads_weight * heads.loss(raw, labels, visible)
+    return loss
 
 
-def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model, lr: float, heads: AttributeHeads | None = None) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = [*model.named_parameters(), *((f"heads.{n}", p) for n, p in (heads.named_parameters() if heads else ()))]
+    for name, p in named:
         # No decay on embeddings, norms, biases: untrained token rows must stay exactly as initialised.
         (no_decay if p.ndim < 2 or "embedding" in name or name in ("logit_scale",) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -265,8 +340,6 @@ def train(args: argparse.Namespace) -> None:
         unknown = sorted(set(names) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
         if unknown:
             raise SystemExit(f"{option}: unknown discrete attributes {unknown}")
-    if args.negatives > 1 and not args.freeze_text:
-        raise SystemExit("--negatives needs --freeze-text: the swapped captions' text features carry no gradient")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -290,49 +363,69 @@ def train(args: argparse.Namespace) -> None:
         for name, param in model.named_parameters():
             if not name.startswith("visual."):
                 param.requires_grad_(False)
-    opt = make_optimizer(model, args.lr)
+    heads = AttributeHeads(model.text_projection.shape[1]).train() if args.attr_heads > 0 else None
+    if state is not None and (heads is None) != ("heads" not in state):
+        raise SystemExit(f"{state_path} was trained {'with' if 'heads' in state else 'without'} --attr-heads; "
+                         "resume it the same way, or give a new --state")
+    opt = make_optimizer(model, args.lr, heads)
     step, history, origin = 0, [], 0
     if state is not None:
         model.load_state_dict(state["model"])
+        if heads is not None:
+            heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
         step, history = int(state["step"]), list(state["history"])
         origin = int(state.get("schedule_origin", 0))
     elif warm is not None:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in warm["state_dict"].items()})
         step = int(warm.get("train_step", 0))
+        if heads is not None and "attribute_heads" in warm:
+            heads.load_state_dict(warm["attribute_heads"])  # a fresh clone continues with the trained heads
         print(json.dumps({"warm_start": str(warm_path), "step": step}), flush=True)
         # A continuation from weights whose cosine has already decayed needs its own schedule to learn anything.
         origin = step if args.new_schedule else 0
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac, group_attrs=group_attrs,
-                                       negatives=args.negatives, negative_attrs=negative_attrs), step, args.workers)
+                                       negatives=args.negatives, negative_attrs=negative_attrs,
+                                       labels=heads is not None), step, args.workers)
     model.to(device)
+    if heads is not None:
+        heads.to(device)
     opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
 
     def save():
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_suffix(".tmp")
+        extra = {"heads": heads.state_dict()} if heads is not None else {}
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
-                    "config": clip_config(model), "schedule_origin": origin}, tmp)
+                    "config": clip_config(model), "schedule_origin": origin, **extra}, tmp)
         tmp.replace(state_path)
         export = Path(args.export)
         export.parent.mkdir(parents=True, exist_ok=True)
         half = {k: v.half().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": half, "config": clip_config(model), "train_step": step}, export.with_suffix(".tmp"))
+        torch.save({"state_dict": half, "config": clip_config(model), "train_step": step, **(
+            {"attribute_heads": heads.state_dict()} if heads is not None else {})}, export.with_suffix(".tmp"))
         export.with_suffix(".tmp").replace(export)
 
-    t_start, last_save, start_step, running, total = time.time(), time.time(), step, None, args.steps
+    t_start, last_save, start_step, running = time.time(), time.time(), step, None
     budget = StepBudget(args.steps, args.minutes, start_step)
+    total = budget.total
+    if total <= step:
+        raise SystemExit(f"nothing to train: the run is at step {step} and --steps {args.steps} counts from step 0 "
+                         f"(give e.g. --steps {step + 1000}, or --minutes)")
     while step < total:
         total = budget.update(step)
-        img, tokens, *negative_tokens = (t.to(device) for t in next(stream))
+        img, tokens, *rest = (t.to(device) for t in next(stream))
+        labels = dict(zip(("labels", "visible"), rest[-2:])) if heads is not None else {}
+        negative_tokens = rest[:-2] if heads is not None else rest
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup, origin)
-        loss = contrastive_loss(model, img, tokens, *negative_tokens, negative_weight=args.negative_weight)
+        loss = contrastive_loss(model, img, tokens, *negative_tokens, negative_weight=args.negative_weight,
+                                heads=heads, heads_weight=args.attr_heads, **labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
@@ -368,10 +461,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="comma-separated discrete attributes that contrast groups vary (default: all)")
     p.add_argument("--negatives", type=int, default=0,
                    help="captions per face with one attribute's value swapped, the true one included (0: off; "
-                        "needs --freeze-text; replaces contrast groups)")
+                        "replaces contrast groups; with the text tower trainable its words learn to differ too)")
     p.add_argument("--negative-attrs", default="",
                    help="comma-separated discrete attributes the swapped captions vary (default: all)")
     p.add_argument("--negative-weight", type=float, default=1.0, help="weight of the swapped-caption loss")
+    p.add_argument("--attr-heads", type=float, default=0.0,
+                   help="weight of per-attribute heads on the image embedding, trained on the renderer's labels "
+                        "(0: off; the export keeps them beside the CLIP's weights, which loaders ignore)")
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--new-schedule", action="store_true",
                    help="a warm start (from --init/--export) begins its own warm-up and cosine at its first step")

@@ -213,8 +213,12 @@ def train(args: argparse.Namespace) -> None:
     opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
     state_path = Path(args.state)
     t_start, last_save, start_step = time.time(), time.time(), state["step"]
-    total, running, parts = args.steps, None, {}
+    running, parts = None, {}
     budget = StepBudget(args.steps, args.minutes, start_step)
+    total = budget.total
+    if total <= start_step:
+        raise SystemExit(f"nothing to train: the run is at step {start_step} and --steps {args.steps} counts from "
+                         f"step 0 (give e.g. --steps {start_step + 1000}, or --minutes)")
     while state["step"] < total:
         step = state["step"]
         total = budget.update(step)
