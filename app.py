@@ -28,7 +28,7 @@ from styleclip.imaging import img_to_image
 from styleclip.models import model_zoo
 from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
                               INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_GROUPS, MAPPER_STEPS_DEFAULT,
-                              MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_DEFAULT, OPT_STEPS_RANGE,
+                              MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_RANGE,
                               MissingStatisticsError, Studio, validate_groups)
 
 log = logging.getLogger("styleclip.app")
@@ -619,8 +619,8 @@ def build_demo() -> gr.Blocks:
                     with gr.Column():
                         opt_text = gr.Textbox(DEFAULT_TARGET, label="Target description", max_lines=1,
                                               elem_id="opt-text")
-                        opt_steps = gr.Slider(*OPT_STEPS_RANGE, value=OPT_STEPS_DEFAULT, step=1, label="steps",
-                                              elem_id="opt-steps")
+                        opt_steps = gr.Slider(*OPT_STEPS_RANGE, value=model_zoo.get_bundle(default_model).opt_steps,
+                                              step=1, label="steps", elem_id="opt-steps")
                         opt_l2 = gr.Slider(0.0, 0.1, value=0.008, step=0.001,
                                            label="L2 weight — stay close to the source")
                         opt_id = gr.Slider(0.0, 2.0, value=0.0, step=0.005, label="identity weight")
@@ -703,7 +703,7 @@ def build_demo() -> gr.Blocks:
         opt_event = opt_run.click(on_optimize, [state, opt_text, opt_steps, opt_l2, opt_id, opt_mode, opt_space],
                                   [opt_image, opt_info, opt_plot, opt_files], api_visibility="private")
         opt_stop.click(None, None, None, cancels=[opt_event], api_visibility="private")
-        model.change(optimization_sliders, [model], [opt_l2, opt_id], api_visibility="private")
+        model.change(optimization_sliders, [model], [opt_steps, opt_l2, opt_id], api_visibility="private")
 
         def pick_example(evt: gr.SelectData, model_name, st):
             seed_value = EXAMPLE_SEEDS[evt.index]
@@ -714,22 +714,22 @@ def build_demo() -> gr.Blocks:
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
         demo.load(_startup_view, [model, state], [state, original, examples], api_visibility="private").then(
             on_edit, edit_inputs, edit_outputs, api_visibility="private")
-        demo.load(optimization_sliders, [model], [opt_l2, opt_id], api_visibility="private")
+        demo.load(optimization_sliders, [model], [opt_steps, opt_l2, opt_id], api_visibility="private")
     return demo
 
 
 def optimization_sliders(model: str):
-    """The L2 and identity sliders for a model: its default weights; the identity slider is set to 0 and locked,
+    """The steps, L2 and identity sliders for a model: its defaults; the identity slider is set to 0 and locked,
     with the reason, when the model has no identity network."""
     try:
         loaded = STUDIO.model(model)
         available, note = STUDIO.identity_status(model)
     except (ValueError, FileNotFoundError) as exc:
-        return gr.update(), gr.update(value=0.0, interactive=False, info=str(exc).splitlines()[0])
-    l2 = gr.update(value=loaded.bundle.opt_l2_lambda)
+        return gr.update(), gr.update(), gr.update(value=0.0, interactive=False, info=str(exc).splitlines()[0])
+    steps, l2 = gr.update(value=loaded.bundle.opt_steps), gr.update(value=loaded.bundle.opt_l2_lambda)
     if available:
-        return l2, gr.update(value=loaded.bundle.opt_id_lambda, interactive=True, info=note)
-    return l2, gr.update(value=0.0, interactive=False, info=f"{note} The identity weight stays at 0.")
+        return steps, l2, gr.update(value=loaded.bundle.opt_id_lambda, interactive=True, info=note)
+    return steps, l2, gr.update(value=0.0, interactive=False, info=f"{note} The identity weight stays at 0.")
 
 
 @user_errors

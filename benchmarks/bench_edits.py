@@ -5,7 +5,7 @@ table, or one JSON object with `--json`.
     python benchmarks/bench_edits.py --engine global [--seeds 50] [--alpha 4.1] [--beta 0.15]
     python benchmarks/bench_edits.py --engine mapper [--mappers assets/mappers/toyfaces] [--strength 1.0]
     python benchmarks/bench_edits.py --engine mapper --groups medium,fine   # only those rows of each edit
-    python benchmarks/bench_edits.py --engine optimization [--steps 40] [--l2 0.008] [--json]
+    python benchmarks/bench_edits.py --engine optimization [--steps K] [--l2 0.008] [--json]
 
 Seeds are 0 … N-1 in the app's convention. Without --beta, beta is chosen per text pair by auto-beta, as the app.
 """
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="mapper: residual strength")
     p.add_argument("--groups", default=None,
                    help="mapper: apply only these W+ groups' part of each edit, e.g. 'medium,fine' (default: all)")
-    p.add_argument("--steps", type=int, default=40, help="optimization: Adam steps")
+    p.add_argument("--steps", type=int, default=None, help="optimization: Adam steps (default: the model's)")
     p.add_argument("--l2", type=float, default=None, help="optimization: L2 weight (default: the model's)")
     p.add_argument("--space", choices=("w_plus", "s"), default="w_plus", help="optimization: latent space")
     p.add_argument("--clip-views", type=int, default=1,

@@ -139,15 +139,16 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
         l2_lambda, id_lambda, identity = optimization_weights(loaded, args.l2_lambda, args.id_lambda)
     except ValueError as exc:
         raise CliError(f"{exc} (--id-lambda 0)") from None
+    steps = loaded.bundle.opt_steps if args.steps is None else args.steps
     w_plus_0 = loaded.source_w_plus(args.seed)
     progress = _stderr_progress()
     t0 = time.perf_counter()
-    result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=args.steps, lr=args.lr,
+    result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=steps, lr=args.lr,
                       l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
                       progress=progress)
     seconds = time.perf_counter() - t0
     save_image(img_to_image(result.img), args.out)
-    return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "text": text, "steps": args.steps,
+    return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "text": text, "steps": steps,
             "space": args.space, "lr": args.lr, "l2_lambda": l2_lambda, "id_lambda": id_lambda,
             "identity": identity.kind if identity is not None else None,
             "clip_loss_start": round(result.history[0].clip_loss, 5),
@@ -159,7 +160,8 @@ def _add_optimize_parser(sub) -> None:
     p.add_argument("--model", default="", help="model name; default: the embedded model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text", required=True, help="target description, e.g. 'a person with purple hair'")
-    p.add_argument("--steps", type=int, default=40, help="Adam steps (StyleCLIP notebook: 40, script: 300)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Adam steps; default: the model's (ffhq 40 as the StyleCLIP notebook, toyfaces 100)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--l2-lambda", type=float, default=None,
                    help="pull toward the start latent; default: the model's (ffhq 0.008 official, toyfaces 0.05)")

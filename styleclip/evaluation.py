@@ -596,10 +596,11 @@ def mapper_paths_in(directory: str | Path, specs: Sequence[EditSpec] = BENCHMARK
 class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
-    def __init__(self, loaded: LoadedModel, steps: int, l2_lambda: float | None, id_lambda: float | None,
+    def __init__(self, loaded: LoadedModel, steps: int | None, l2_lambda: float | None, id_lambda: float | None,
                  space: str = "w_plus", clip_views: int = 1):
         from .studio import optimization_weights
 
+        steps = loaded.bundle.opt_steps if steps is None else steps
         self.loaded, self.steps, self.space, self.clip_views = loaded, int(steps), space, int(clip_views)
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
@@ -626,10 +627,10 @@ class _OptimizationEdit:
         return text + ("" if self.space == "w_plus" else f", space {self.space}")
 
 
-def optimization_edit(loaded: LoadedModel, steps: int = 40, l2_lambda: float | None = None,
+def optimization_edit(loaded: LoadedModel, steps: int | None = None, l2_lambda: float | None = None,
                       id_lambda: float | None = None, space: str = "w_plus", clip_views: int = 1) -> EditFn:
-    """edit_fn for latent optimization (W+ or "s", the notebook's 40 steps; the weights default to the model's,
-    as the app and CLI use them: `studio.optimization_weights`).
+    """edit_fn for latent optimization (W+ or "s"); the steps and weights default to the model's, as the app and
+    CLI use them (`ModelBundle.opt_steps`, `studio.optimization_weights`).
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.

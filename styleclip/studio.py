@@ -34,7 +34,6 @@ BETA_RANGE = (0.08, 0.3)
 MAX_TEXT_CHARS = 300  # CLIP's 77-token context holds about this much English; longer is refused by token count
 MAX_SEED = 2 ** 32 - 1
 OPT_STEPS_RANGE = (1, 300)
-OPT_STEPS_DEFAULT = 40  # the official notebook's value; its script uses 300
 OPT_MODES = ("edit", "free")
 MAPPER_STEPS_RANGE = (1, 5000)
 MAPPER_STEPS_DEFAULT = 300
@@ -323,7 +322,7 @@ class Studio:
             return False, f"The model {loaded.name!r} has no identity network."
         return True, f"identity network: {identity.kind}"
 
-    def optimize(self, model: str, seed, text: str, steps=OPT_STEPS_DEFAULT, l2_lambda=None, id_lambda=None,
+    def optimize(self, model: str, seed, text: str, steps=None, l2_lambda=None, id_lambda=None,
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
                  on_step=None, mode: str = "edit", space: str = "w_plus",
                  w_plus_source: torch.Tensor | None = None,
@@ -331,6 +330,7 @@ class Studio:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
+            steps: Adam steps; None → the model's default (`ModelBundle.opt_steps`).
             l2_lambda, id_lambda: loss weights; None → the model's defaults (`optimization_weights`).
             progress: progress(done, total, stage) after every step.
             should_stop: polled before every step; True ends the run with `OptimizationCancelled`, whose
@@ -350,8 +350,8 @@ class Studio:
 
         t0 = time.perf_counter()
         text = validate_text(text, "target")
-        steps = int(validate_range(steps, "steps", *OPT_STEPS_RANGE))
         loaded = self.model(model)
+        steps = loaded.bundle.opt_steps if steps is None else int(validate_range(steps, "steps", *OPT_STEPS_RANGE))
         l2_lambda, id_lambda, identity = optimization_weights(loaded, l2_lambda, id_lambda)
         seed = validate_seed(seed)
         if mode not in OPT_MODES:

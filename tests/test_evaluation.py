@@ -219,3 +219,5 @@ def test_optimization_edit_follows_the_engines_space():
     assert not torch.allclose(img_s, source, atol=1e-3) and not torch.allclose(img_s, img_w, atol=1e-3)
     with pytest.raises(ValueError, match="space"):
         optimization_edit(loaded, steps=3, space="z")(spec, 0)
+    # Without steps the benchmark runs the model's default, as the app and the CLI do.
+    assert f"{loaded.bundle.opt_steps} steps" in optimization_edit(loaded).describe(spec)

@@ -14,6 +14,7 @@ from styleclip.models.identity import (
     load_arcface,
     load_toyfaces_identity,
 )
+from styleclip.models.model_zoo import ModelBundle
 from styleclip.toyfaces.identity_net import ToyfacesIdentity, save_identity
 
 torch.set_num_threads(1)
@@ -218,8 +219,9 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
     assert "train_identity" in studio.mapper_identity("toyfaces")[2]
     with pytest.raises(ValueError, match="train_identity"):
         studio.mapper_identity("toyfaces", 0.3)
-    l2, update = app.optimization_sliders("toyfaces")
-    assert l2["value"] == studio.model("toyfaces").bundle.opt_l2_lambda
+    steps, l2, update = app.optimization_sliders("toyfaces")
+    bundle = studio.model("toyfaces").bundle
+    assert l2["value"] == bundle.opt_l2_lambda and steps["value"] == bundle.opt_steps != ModelBundle.opt_steps
     assert update["value"] == 0.0 and update["interactive"] is False and "stays at 0" in update["info"]
 
     save_identity(small_identity(), tmp_path / "i.pt")
@@ -231,6 +233,6 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
     assert isinstance(identity, ToyfacesIdentity) and weight == studio.model("toyfaces").bundle.mapper_id_weight
     assert studio.mapper_identity("toyfaces", 0.0)[:2] == (None, 0.0)
     assert studio.mapper_identity("toyfaces", 0.3)[1] == 0.3
-    update = app.optimization_sliders("toyfaces")[1]
+    update = app.optimization_sliders("toyfaces")[2]
     assert update["interactive"] is True and update["value"] == studio.model("toyfaces").bundle.opt_id_lambda
-    assert app.optimization_sliders("no-such-model")[1]["interactive"] is False  # a plain note, no exception
+    assert app.optimization_sliders("no-such-model")[2]["interactive"] is False  # a plain note, no exception

@@ -41,6 +41,7 @@ class ModelBundle:
             network is on disk (the official 0.1 with ArcFace; each network's 1 − cos has its own scale).
         opt_l2_lambda, opt_id_lambda: latent optimization's default L2 and identity weights (the identity one
             applies when the identity network is on disk). FFHQ: the official 0.008 and the notebook's 0.005.
+        opt_steps: latent optimization's default number of Adam steps (FFHQ: the notebook's 40).
     """
 
     name: str
@@ -54,6 +55,7 @@ class ModelBundle:
     mapper_id_weight: float = 0.1
     opt_l2_lambda: float = 0.008
     opt_id_lambda: float = 0.005
+    opt_steps: int = 40
 
 
 _BUNDLES: dict[str, ModelBundle] = {}
@@ -79,7 +81,7 @@ MAPPER_ID_WEIGHT_TOYFACES = 0.3
 register_bundle(ModelBundle(
     name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
     auto_beta_floor=20, truncation=1.0, alignment="center", mapper_id_weight=MAPPER_ID_WEIGHT_TOYFACES,
-    opt_l2_lambda=0.05, opt_id_lambda=1.0,
+    opt_l2_lambda=0.05, opt_id_lambda=1.0, opt_steps=100,
     description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",

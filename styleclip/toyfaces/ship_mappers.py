@@ -31,9 +31,6 @@ from ..models.model_zoo import mappers_dir
 from ..studio import Studio
 
 LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training logs stay out of assets/
-# Benchmark edits without a shipped mapper: the embedded CLIP does not see facial hair, age or lipstick, and
-# mappers trained for them change the attribute in 0-2% of the benchmark seeds (BENCHMARKS.md, 2026-11-26).
-NOT_SHIPPED = ("beard", "old", "lipstick")
 L2_WEIGHT = 0.8  # train-mapper's default, which `command` keeps
 
 
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toyfaces")
     p.add_argument("--only", nargs="*", default=None,
-                   help="edit names (default: every benchmark edit except " + ", ".join(NOT_SHIPPED) + ")")
+                   help="edit names (default: every benchmark edit)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds per edit; with several, the run with the lowest held-out objective ships")
@@ -73,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f"--seeds must be distinct whole numbers >= 0, got {args.seeds}")
-    specs = [s for s in BENCHMARK_EDITS
-             if (s.name not in NOT_SHIPPED if args.only is None else s.name in args.only)]
+    specs = [s for s in BENCHMARK_EDITS if args.only is None or s.name in args.only]
     unknown = set(args.only or ()) - {s.name for s in specs}
     if unknown:
         raise SystemExit(f"unknown edits {sorted(unknown)}; known: {[s.name for s in BENCHMARK_EDITS]}")

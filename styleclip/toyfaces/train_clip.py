@@ -29,7 +29,7 @@ swapped captions then teach the text tower the same words (BENCHMARKS.md, "Attri
 
     python -m styleclip.toyfaces.train_clip --init assets/toyfaces/clip.pt --state runs/clip_heads/state.pt \
         --export runs/clip_heads/clip.pt --new-schedule --warmup 50 --negatives 4 \
-        --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --attr-heads 1 \
+        --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --attr-heads 10 \
         --batch 48 --lr 2e-4 --minutes 65 --workers 1
 """
 
