@@ -131,7 +131,7 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
     """Latent optimization of a seed's image toward a text (see engines/optimization.py)."""
     from .engines.optimization import optimize
     from .imaging import img_to_image, save_image
-    from .studio import Studio, optimization_weights, validate_text
+    from .studio import Studio, optimization_steps, optimization_weights, validate_text
 
     text = validate_text(args.text, "target")
     loaded = Studio().model(args.model)
@@ -139,7 +139,7 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
         l2_lambda, id_lambda, identity = optimization_weights(loaded, args.l2_lambda, args.id_lambda)
     except ValueError as exc:
         raise CliError(f"{exc} (--id-lambda 0)") from None
-    steps = loaded.bundle.opt_steps if args.steps is None else args.steps
+    steps = optimization_steps(loaded, args.steps)
     w_plus_0 = loaded.source_w_plus(args.seed)
     progress = _stderr_progress()
     t0 = time.perf_counter()

@@ -598,10 +598,10 @@ class _OptimizationEdit:
 
     def __init__(self, loaded: LoadedModel, steps: int | None, l2_lambda: float | None, id_lambda: float | None,
                  space: str = "w_plus", clip_views: int = 1):
-        from .studio import optimization_weights
+        from .studio import optimization_steps, optimization_weights
 
-        steps = loaded.bundle.opt_steps if steps is None else steps
-        self.loaded, self.steps, self.space, self.clip_views = loaded, int(steps), space, int(clip_views)
+        self.loaded, self.space, self.clip_views = loaded, space, int(clip_views)
+        self.steps = optimization_steps(loaded, steps)
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:

@@ -202,6 +202,11 @@ def identity_term(loaded: LoadedModel, weight: float | None, default: float) -> 
     return identity, weight, None
 
 
+def optimization_steps(loaded: LoadedModel, steps: int | None = None) -> int:
+    """Adam steps for latent optimization; None → the model's default (`ModelBundle.opt_steps`)."""
+    return loaded.bundle.opt_steps if steps is None else int(steps)
+
+
 def optimization_weights(loaded: LoadedModel, l2_lambda: float | None = None, id_lambda: float | None = None
                          ) -> tuple[float, float, object]:
     """(L2 weight, identity weight, identity model or None) for latent optimization; None → the model's defaults
@@ -351,7 +356,7 @@ class Studio:
         t0 = time.perf_counter()
         text = validate_text(text, "target")
         loaded = self.model(model)
-        steps = loaded.bundle.opt_steps if steps is None else int(validate_range(steps, "steps", *OPT_STEPS_RANGE))
+        steps = optimization_steps(loaded, None if steps is None else validate_range(steps, "steps", *OPT_STEPS_RANGE))
         l2_lambda, id_lambda, identity = optimization_weights(loaded, l2_lambda, id_lambda)
         seed = validate_seed(seed)
         if mode not in OPT_MODES:
