@@ -44,6 +44,9 @@ direction in CLIP space. A precomputed relevance matrix says how much each Style
 along Δt. Channels whose relevance is below **beta** are left alone (higher beta = fewer channels = a more
 disentangled edit); the rest move by **alpha** times their relevance, in units of each channel's spread.
 Negative alpha moves away from the target. *Apply edit* makes the result the new source, so edits stack.
+On the embedded model the relevance is measured in a whitened CLIP metric, so that changes nearly every channel
+makes (a shared "something moved" axis) do not outweigh the change the text names; the info box says which metric
+the model uses.
 """
 
 
@@ -103,7 +106,8 @@ def photo_s(state: dict) -> torch.Tensor | None:
 def format_info(info: dict) -> str:
     lines = [f"**{info['channels']} channels** moved · alpha {info['alpha']:+.2f} · beta {info['beta']:.3f} · "
              f"{info['timings_ms']['total']:.0f} ms",
-             f"model `{info['model']}` · seed {info['seed']} · “{info['neutral']}” → “{info['target']}”"]
+             (f"model `{info['model']}` · seed {info['seed']} · “{info['neutral']}” → “{info['target']}” · "
+              f"{info['relevance_metric']} relevance")]
     return "\n\n".join(lines)
 
 
@@ -184,7 +188,7 @@ def on_export(state: dict, neutral: str, target: str, alpha: float, beta: float)
 def _png_text(info: dict):
     from PIL.PngImagePlugin import PngInfo
     meta = PngInfo()
-    for key in ("model", "seed", "neutral", "target", "alpha", "beta", "channels"):
+    for key in ("model", "seed", "neutral", "target", "alpha", "beta", "channels", "relevance_metric"):
         meta.add_text(f"styleclip:{key}", str(info[key]))
     return meta
 
@@ -377,6 +381,9 @@ def mapper_run_path(model: str, name: str, steps, l2_weight, groups=MAPPER_GROUP
     settings = [model, name, int(steps), float(l2_weight), float(id_weight)]
     if tuple(groups) != MAPPER_GROUPS:  # all three groups: the name runs had before the switch existed
         settings.append(list(groups))
+    direction_weight = STUDIO.mapper_direction_weight(model)
+    if direction_weight > 0:  # likewise: runs without the directional term keep their names
+        settings.append({"direction_weight": direction_weight})
     settings = json.dumps(settings)
     return EXPORT_DIR / f"mapper_{model}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.pt", id_weight
 
@@ -398,7 +405,7 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_ma
         for kind, payload in stream_job(job):
             if kind == "step":
                 rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
-                            for term in ("clip", "l2", "id") if term in payload)
+                            for term in ("clip", "l2", "id", "dir") if term in payload)
                 status = (f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f} · "
                           f"{eta_text(t_start, payload['step'], int(steps))}")
             elif kind == "preview":
@@ -407,6 +414,8 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_ma
                 session_mappers = {**session_mappers, name: payload["path"]}
                 choices = mapper_choices(state["model"], session_mappers)
                 identity = f", identity weight {payload['id_weight']:g}" if payload["id_weight"] else ""
+                identity += (f", directional weight {payload['direction_weight']:g}" if payload["direction_weight"]
+                             else "")
                 layers = "" if tuple(groups) == MAPPER_GROUPS else f", {' and '.join(groups)} layers only"
                 yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f}"
                        f"{identity}{layers}); it is now in the mapper list.", pd.DataFrame(rows), gallery,

@@ -131,7 +131,14 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
     """Latent optimization of a seed's image toward a text (see engines/optimization.py)."""
     from .engines.optimization import optimize
     from .imaging import img_to_image, save_image
-    from .studio import Studio, optimization_steps, optimization_weights, validate_text
+    from .studio import (
+        DIRECTIONAL_NEUTRAL,
+        Studio,
+        optimization_dir_lambda,
+        optimization_steps,
+        optimization_weights,
+        validate_text,
+    )
 
     text = validate_text(args.text, "target")
     loaded = Studio().model(args.model)
@@ -140,16 +147,21 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise CliError(f"{exc} (--id-lambda 0)") from None
     steps = optimization_steps(loaded, args.steps)
+    try:
+        dir_lambda = optimization_dir_lambda(loaded, args.dir_lambda)
+    except ValueError as exc:
+        raise CliError(f"--dir-lambda: {exc}") from None
     w_plus_0 = loaded.source_w_plus(args.seed)
     progress = _stderr_progress()
     t0 = time.perf_counter()
     result = optimize(loaded.generator, loaded.clip, text, w_plus_0, steps=steps, lr=args.lr,
                       l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, space=args.space,
-                      progress=progress)
+                      progress=progress, dir_lambda=dir_lambda, neutral=args.neutral or DIRECTIONAL_NEUTRAL)
     seconds = time.perf_counter() - t0
     save_image(img_to_image(result.img), args.out)
     return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "text": text, "steps": steps,
             "space": args.space, "lr": args.lr, "l2_lambda": l2_lambda, "id_lambda": id_lambda,
+            "dir_lambda": dir_lambda,
             "identity": identity.kind if identity is not None else None,
             "clip_loss_start": round(result.history[0].clip_loss, 5),
             "clip_loss_end": round(result.final_clip_loss, 5), "seconds": round(seconds, 2)}
@@ -168,6 +180,10 @@ def _add_optimize_parser(sub) -> None:
     p.add_argument("--id-lambda", type=float, default=None,
                    help="identity loss weight; default: the model's (ffhq 0.005 as the notebook, toyfaces 1.0) when "
                         "its identity network is on disk, else 0")
+    p.add_argument("--dir-lambda", type=float, default=None,
+                   help="directional CLIP loss weight (StyleGAN-NADA's; 0 = the official objective); default: the "
+                        "model's")
+    p.add_argument("--neutral", default=None, help="the directional loss's starting text (default: 'face')")
     p.add_argument("--space", choices=("w_plus", "s"), default="w_plus")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_optimize)
@@ -201,6 +217,10 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
         raise CliError(f"{exc} (--id-weight 0)") from None
     if note:
         print(f"note: {note}", file=sys.stderr)
+    try:
+        direction_weight = studio.mapper_direction_weight(loaded.name, args.direction_weight)
+    except ValueError as exc:
+        raise CliError(f"--direction-weight: {exc}") from None
     groups = [g for g in GROUPS if not getattr(args, f"no_{g}")]
     truncation = loaded.bundle.truncation if args.truncation is None else args.truncation
     out = Path(args.out)
@@ -211,7 +231,7 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
         mapper, history = train_mapper(
             loaded.generator, loaded.clip, text, steps=args.steps, batch=args.batch, lr=args.lr,
             clip_weight=args.clip_weight, l2_weight=args.l2_weight, id_weight=id_weight, identity=identity,
-            truncation=truncation, seed=args.seed,
+            truncation=truncation, seed=args.seed, direction_weight=direction_weight, neutral=args.neutral,
             groups=groups, norm_axis=args.norm_axis, checkpoint_path=out,
             checkpoint_every=args.checkpoint_every, progress=_ProgressPrinter(), should_stop=should_stop,
             meta={"model": loaded.name})
@@ -219,10 +239,10 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
         restore()
     seconds = time.perf_counter() - t0
     last = history[-10:]
-    parts = ("loss", "clip", "l2") + (("id",) if id_weight > 0 else ())
+    parts = ("loss", "clip", "l2") + (("id",) if id_weight > 0 else ()) + (("dir",) if direction_weight > 0 else ())
     final = {k: round(statistics.mean(r[k] for r in last), 5) for k in parts} if last else {}
     return {"out": str(out), "model": loaded.name, "text": text, "steps": len(history), "batch": args.batch,
-            "groups": list(mapper.groups), "id_weight": id_weight,
+            "groups": list(mapper.groups), "id_weight": id_weight, "direction_weight": direction_weight,
             "identity": identity.kind if identity is not None else None, "resumed": resumed,
             "seconds": round(seconds, 1), "final_losses_last10": final}
 
@@ -265,6 +285,11 @@ def _add_mapper_parsers(sub) -> None:
                    help="identity loss weight; default: the model's (ffhq: the official 0.1 with ArcFace; "
                         "toyfaces: 0.3 with its identity network) when its identity network is on disk, else 0")
     p.add_argument("--truncation", type=float, default=None, help="source sampling psi; default: the model's")
+    p.add_argument("--direction-weight", type=float, default=None,
+                   help="weight of the directional CLIP loss (StyleGAN-NADA): the image should change along "
+                        "CLIP(text) - CLIP(--neutral) only; 0 = the official objective; default: the model's "
+                        "(toyfaces 3, ffhq 0)")
+    p.add_argument("--neutral", default="face", help="the directional loss's starting text")
     p.add_argument("--seed", type=int, default=0)
     for group in ("coarse", "medium", "fine"):
         p.add_argument(f"--no-{group}", action="store_true", help=f"leave the {group} W+ rows unchanged")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCHMARK_EDITS",
+    "HELDOUT_EDITS",
     "EditFailed",
     "EditFn",
     "EditReport",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 _MOST_CHANGED = 3  # how many of the most often changed other attributes a row lists
+MODEL_DEFAULT = "model"  # a setting left to the model bundle
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,23 @@ BENCHMARK_EDITS: tuple[EditSpec, ...] = (
     EditSpec("purple background", "background", "purple", "face", "face with a purple background"),
     EditSpec("old", "age", "old", "face", "old face"),
     EditSpec("lipstick", "lipstick", "lipstick", "face", "face with lipstick"),
+)
+
+# Edits kept out of every tuning decision, to check that a setting chosen on BENCHMARK_EDITS generalises
+# (`bench_edits.py --edit-set heldout`); same vocabulary rule.
+HELDOUT_EDITS: tuple[EditSpec, ...] = (
+    EditSpec("red hair", "hair_color", "red", "face", "face with red hair"),
+    EditSpec("pink hair", "hair_color", "pink", "face", "face with pink hair"),
+    EditSpec("bald", "hair_style", "bald", "face", "bald face"),
+    EditSpec("curly hair", "hair_style", "curly", "face", "face with curly hair"),
+    EditSpec("frowning", "mouth", "frowning", "face", "frowning face"),
+    EditSpec("surprised", "mouth", "surprised", "face", "surprised face"),
+    EditSpec("moustache", "facial_hair", "moustache", "face", "face with a moustache"),
+    EditSpec("earrings", "earrings", "earrings", "face", "face with earrings"),
+    EditSpec("rosy cheeks", "blush", "blush", "face", "face with rosy cheeks"),
+    EditSpec("big nose", "nose", "big", "face", "face with a big nose"),
+    EditSpec("blue eyes", "eye_color", "blue", "face", "face with blue eyes"),
+    EditSpec("black background", "background", "black", "face", "face with a black background"),
 )
 
 EditFn = Callable[[EditSpec, int], torch.Tensor]
@@ -487,10 +506,16 @@ class _GlobalDirectionsEdit:
     """edit_fn for global directions: s_of_seed + alpha·Δs(beta), beta from auto_beta when None."""
 
     def __init__(self, loaded: LoadedModel, alpha: float, beta: float | None,
-                 source_s: Callable[[int], torch.Tensor] | None = None):
+                 source_s: Callable[[int], torch.Tensor] | None = None,
+                 relevance_shrinkage: float | None | str = MODEL_DEFAULT):
+        from .engines.global_directions import GlobalDirections
+
         self.loaded, self.alpha, self.beta = loaded, float(alpha), beta
         self.source_s = source_s or loaded.s_of_seed
         self.engine = loaded.engine()  # raises MissingStatisticsError (a ValueError) before any work
+        if relevance_shrinkage != MODEL_DEFAULT and relevance_shrinkage != self.engine.relevance_shrinkage:
+            self.engine = GlobalDirections(loaded.generator, loaded.clip, self.engine.stats,
+                                           relevance_shrinkage=relevance_shrinkage)
 
     def beta_for(self, spec: EditSpec) -> float:
         if self.beta is not None:
@@ -520,7 +545,8 @@ class _GlobalDirectionsEdit:
 
 
 def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float | None = None,
-                           source_s: Callable[[int], torch.Tensor] | None = None) -> EditFn:
+                           source_s: Callable[[int], torch.Tensor] | None = None,
+                           relevance_shrinkage: float | None | str = MODEL_DEFAULT) -> EditFn:
     """edit_fn for the global-direction engine.
 
     Args:
@@ -530,11 +556,13 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
             channel floor, as the app does.
         source_s: source_s(seed) -> the flat S code [1, s_dim] to edit; default the seed's generated face
             (`loaded.s_of_seed`). Inverted photos pass their own.
+        relevance_shrinkage: the relevance metric (None: the official cosine; a number: whitened with that
+            shrinkage); by default the bundle's, as the app.
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R]; a pair with no channel at beta raises EditFailed.
     """
-    return _GlobalDirectionsEdit(loaded, alpha, beta, source_s)
+    return _GlobalDirectionsEdit(loaded, alpha, beta, source_s, relevance_shrinkage)
 
 
 class _MapperEdit:
@@ -597,10 +625,11 @@ class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
     def __init__(self, loaded: LoadedModel, steps: int | None, l2_lambda: float | None, id_lambda: float | None,
-                 space: str = "w_plus", clip_views: int = 1):
-        from .studio import optimization_steps, optimization_weights
+                 space: str = "w_plus", clip_views: int = 1, dir_lambda: float | None = None):
+        from .studio import optimization_dir_lambda, optimization_steps, optimization_weights
 
         self.loaded, self.space, self.clip_views = loaded, space, int(clip_views)
+        self.dir_lambda = optimization_dir_lambda(loaded, dir_lambda)
         self.steps = optimization_steps(loaded, steps)
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
 
@@ -618,24 +647,29 @@ class _OptimizationEdit:
             identity=self.identity,
             space=self.space,
             clip_views=self.clip_views,
+            dir_lambda=self.dir_lambda,
+            neutral=spec.neutral,
         )
         return result.img.detach()
 
     def describe(self, spec: EditSpec) -> str:
         text = f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
         text += "" if self.clip_views == 1 else f", {self.clip_views} CLIP views"
+        text += f", directional {self.dir_lambda:g} from “{spec.neutral}”" if self.dir_lambda else ""
         return text + ("" if self.space == "w_plus" else f", space {self.space}")
 
 
 def optimization_edit(loaded: LoadedModel, steps: int | None = None, l2_lambda: float | None = None,
-                      id_lambda: float | None = None, space: str = "w_plus", clip_views: int = 1) -> EditFn:
+                      id_lambda: float | None = None, space: str = "w_plus", clip_views: int = 1,
+                      dir_lambda: float | None = None) -> EditFn:
     """edit_fn for latent optimization (W+ or "s"); the steps and weights default to the model's, as the app and
-    CLI use them (`ModelBundle.opt_steps`, `studio.optimization_weights`).
+    CLI use them (`ModelBundle.opt_steps`, `studio.optimization_weights`, `studio.optimization_dir_lambda`); the
+    directional loss starts from each spec's neutral text.
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.
     """
-    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space, clip_views)
+    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space, clip_views, dir_lambda)
 
 
 # ------------------------------------------------------------------------------------------------- formatting

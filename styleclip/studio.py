@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .engines.global_directions import GlobalDirections
+from .engines.global_directions import GlobalDirections, NoChannelsError
 from .engines.mapper import GROUPS as MAPPER_GROUPS
 from .engines.statistics import GlobalStatistics, StatisticsError, load_statistics
 from .imaging import img_to_image, img_to_images
@@ -37,6 +37,9 @@ OPT_STEPS_RANGE = (1, 300)
 OPT_MODES = ("edit", "free")
 MAPPER_STEPS_RANGE = (1, 5000)
 MAPPER_STEPS_DEFAULT = 300
+# Where the directional CLIP loss's text change starts, in mapper training and optimization (the global tab's
+# default neutral text).
+DIRECTIONAL_NEUTRAL = "face"
 MAPPER_STRENGTH_RANGE = (-3.0, 3.0)
 MAX_BATCH_SEEDS = 16
 INVERT_STEPS_RANGE = (1, 1000)
@@ -129,7 +132,8 @@ class LoadedModel:
         return self._engine
 
     def set_statistics(self, stats: GlobalStatistics) -> None:
-        self._engine = GlobalDirections(self.generator, self.clip, stats)
+        self._engine = GlobalDirections(self.generator, self.clip, stats,
+                                        relevance_shrinkage=self.bundle.relevance_shrinkage)
 
     def source_w_plus(self, seed: int) -> torch.Tensor:
         """w_plus [1, L, D] for a seed at the bundle's truncation (cached)."""
@@ -216,6 +220,13 @@ def optimization_weights(loaded: LoadedModel, l2_lambda: float | None = None, id
     return l2, weight, identity
 
 
+def optimization_dir_lambda(loaded: LoadedModel, dir_lambda: float | None = None) -> float:
+    """The directional CLIP loss's weight for latent optimization; None → the model's `opt_dir_lambda`."""
+    if dir_lambda is None:
+        return float(loaded.bundle.opt_dir_lambda)
+    return validate_range(dir_lambda, "directional loss weight", 0.0, 100.0)
+
+
 class Studio:
     """Process-wide model cache plus the operations the app exposes."""
 
@@ -253,12 +264,16 @@ class Studio:
         loaded = self.model(model)
         seed = validate_seed(seed)
         s = source_s if source_s is not None else loaded.s_of_seed(seed)
-        result = loaded.engine().edit(s, neutral, target, alpha, beta)
+        try:
+            result = loaded.engine().edit(s, neutral, target, alpha, beta)
+        except NoChannelsError as exc:  # never suggest a beta the slider (and this API) refuses
+            raise NoChannelsError(exc.beta, exc.suggested_beta, exc.max_relevance, BETA_RANGE[0]) from None
         image = img_to_image(result.img)
         d = result.direction
         info = {
             "model": loaded.name, "seed": seed, "neutral": neutral, "target": target, "alpha": alpha,
-            "beta": beta, "channels": d.num_channels, "text_direction_norm": round(d.text_norm, 4),
+            "beta": beta, "channels": d.num_channels, "relevance_metric": loaded.engine().relevance_metric,
+            "text_direction_norm": round(d.text_norm, 4),
             "top_channels": [{"layer": n, "channel": c, "relevance": round(r, 4)} for n, c, r in d.top_channels],
             "timings_ms": {k: round(v * 1000, 1) for k, v in result.timings.items()}
                           | {"total": round((time.perf_counter() - t0) * 1000, 1)},
@@ -299,7 +314,8 @@ class Studio:
         buf = io.BytesIO()
         np.savez(buf, s_source=s.numpy(), s_edited=s_edit.numpy(), delta_s=d.delta_s.numpy(),
                  alpha=np.float32(alpha), beta=np.float32(beta), neutral=neutral, target=target,
-                 num_channels=np.int32(d.num_channels), model=self.model(model).name)
+                 num_channels=np.int32(d.num_channels), model=self.model(model).name,
+                 relevance_metric=engine.relevance_metric)
         return buf.getvalue()
 
     # -------------------------------------------------------------------------------- latent optimization
@@ -311,6 +327,12 @@ class Studio:
         """
         loaded = self.model(model)
         return identity_term(loaded, id_weight, loaded.bundle.mapper_id_weight)
+
+    def mapper_direction_weight(self, model: str, weight: float | None = None) -> float:
+        """The directional-loss weight for mapper training: `weight`, or the model's default when None."""
+        if weight is None:
+            return float(self.model(model).bundle.mapper_direction_weight)
+        return validate_range(weight, "directional loss weight", 0.0, 100.0)
 
     def identity_status(self, model: str) -> tuple[bool, str]:
         """Whether `model` has an identity network for the identity loss, and a one-line note for the UI.
@@ -331,12 +353,14 @@ class Studio:
                  progress=None, should_stop=None, on_preview=None, preview_every: int = 5,
                  on_step=None, mode: str = "edit", space: str = "w_plus",
                  w_plus_source: torch.Tensor | None = None,
-                 s_source: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
+                 s_source: torch.Tensor | None = None, dir_lambda: float | None = None) -> tuple[np.ndarray, dict]:
         """Latent optimization of a seed's W+ toward `text` (the app's Optimization tab and the API).
 
         Args:
             steps: Adam steps; None → the model's default (`ModelBundle.opt_steps`).
             l2_lambda, id_lambda: loss weights; None → the model's defaults (`optimization_weights`).
+            dir_lambda: the directional CLIP loss's weight (from DIRECTIONAL_NEUTRAL); None → the model's
+                (`optimization_dir_lambda`).
             progress: progress(done, total, stage) after every step.
             should_stop: polled before every step; True ends the run with `OptimizationCancelled`, whose
                 `.result` holds the latest latent.
@@ -358,6 +382,7 @@ class Studio:
         loaded = self.model(model)
         steps = optimization_steps(loaded, None if steps is None else validate_range(steps, "steps", *OPT_STEPS_RANGE))
         l2_lambda, id_lambda, identity = optimization_weights(loaded, l2_lambda, id_lambda)
+        dir_lambda = optimization_dir_lambda(loaded, dir_lambda)
         seed = validate_seed(seed)
         if mode not in OPT_MODES:
             raise ValueError(f"mode must be one of {', '.join(OPT_MODES)}, got {mode!r}.")
@@ -374,10 +399,10 @@ class Studio:
         result = optimize(loaded.generator, loaded.clip, text, start, steps=steps, space=space, s_0=s_0,
                           l2_lambda=l2_lambda, id_lambda=id_lambda, identity=identity, progress=progress,
                           should_stop=should_stop, preview_every=preview_every, on_preview=preview,
-                          on_step=on_step)
+                          on_step=on_step, dir_lambda=dir_lambda, neutral=DIRECTIONAL_NEUTRAL)
         first = result.history[0]
         info = {"model": loaded.name, "seed": seed, "text": text, "mode": mode, "space": space, "steps": steps,
-                "l2_lambda": l2_lambda,
+                "l2_lambda": l2_lambda, "dir_lambda": dir_lambda,
                 "id_lambda": id_lambda, "clip_loss_start": round(first.clip_loss, 4),
                 "clip_loss_end": round(result.final_clip_loss, 4),
                 "seconds": round(time.perf_counter() - t0, 2)}
@@ -428,11 +453,13 @@ class Studio:
     def train_mapper(self, model: str, text: str, out_path: str | Path, steps=MAPPER_STEPS_DEFAULT,
                      l2_weight=0.8, progress=None, should_stop=None, on_preview=None, on_step=None,
                      preview_every: int = 25, id_weight: float | None = None,
-                     groups: Sequence[str] = MAPPER_GROUPS) -> dict:
+                     groups: Sequence[str] = MAPPER_GROUPS, direction_weight: float | None = None) -> dict:
         """Trains a mapper for `text` into out_path (resumes if it exists).
 
         Args:
             id_weight: identity-loss weight; None → the model's default (`mapper_identity`).
+            direction_weight: the directional CLIP loss's weight (from DIRECTIONAL_NEUTRAL); None → the model's
+                default (`ModelBundle.mapper_direction_weight`).
             groups: the W+ row groups the mapper may change (the official --no_*_mapper switches); rows of the
                 others stay as they are. At least one.
             progress: progress(done, total, stage) after each step.
@@ -452,18 +479,19 @@ class Studio:
         l2_weight = validate_range(l2_weight, "L2 weight", 0.0, 2.0)
         loaded = self.model(model)
         identity, id_weight, _ = self.mapper_identity(model, id_weight)
+        direction_weight = self.mapper_direction_weight(model, direction_weight)
         preview = None if on_preview is None else (lambda step, src, edit: on_preview(
             step, list(zip(img_to_images(src), img_to_images(edit)))))
         mapper, record = train_mapper(
             loaded.generator, loaded.clip, text, steps=steps, batch=2, lr=0.5, clip_weight=1.0,
             l2_weight=l2_weight, id_weight=id_weight, identity=identity, truncation=loaded.bundle.truncation, seed=0,
-            groups=groups, progress=progress, on_step=on_step,
-            should_stop=should_stop, checkpoint_path=out_path, preview_every=preview_every, on_preview=preview,
-            meta={"model": loaded.name, "text": text})
+            groups=groups, progress=progress, on_step=on_step, direction_weight=direction_weight,
+            neutral=DIRECTIONAL_NEUTRAL, should_stop=should_stop, checkpoint_path=out_path, preview_every=preview_every,
+            on_preview=preview, meta={"model": loaded.name, "text": text})
         self._mappers[str(out_path)] = mapper
         last = record[-1] if record else {}
         return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight, "id_weight": id_weight,
-                "groups": list(groups), "clip_loss_end": round(last.get("clip", float("nan")), 4),
+                "direction_weight": direction_weight, "groups": list(groups), "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
 
     # -------------------------------------------------------------------------------- photos

@@ -203,6 +203,29 @@ def test_global_directions_edit_edits_the_given_source_code():
     assert not torch.allclose(swapped(spec, 3), default(spec, 3))
 
 
+def test_global_directions_edit_takes_the_models_relevance_metric_unless_told():
+    from styleclip.studio import Studio
+
+    loaded = Studio().model("toyfaces")
+    spec = next(s for s in BENCHMARK_EDITS if s.name == "smiling")
+    default = global_directions_edit(loaded)
+    official = global_directions_edit(loaded, relevance_shrinkage=None)
+    assert default.engine is loaded.engine()
+    assert default.engine.relevance_shrinkage == loaded.bundle.relevance_shrinkage is not None
+    assert official.engine.relevance_shrinkage is None and official.engine.stats is default.engine.stats
+    assert default.describe(spec) != official.describe(spec)  # other channels pass auto-beta
+    assert not torch.allclose(default(spec, 2), official(spec, 2))
+
+
+def test_heldout_edits_are_valid_and_apart_from_the_benchmark():
+    from styleclip.evaluation import HELDOUT_EDITS
+
+    assert len(HELDOUT_EDITS) >= 10
+    assert not {(s.attribute, s.target_values) for s in HELDOUT_EDITS} & {
+        (s.attribute, s.target_values) for s in BENCHMARK_EDITS}
+    assert len({s.name for s in HELDOUT_EDITS}) == len(HELDOUT_EDITS)
+
+
 def test_optimization_edit_follows_the_engines_space():
     """The benchmark's optimization edit passes its space to the engine: S and W+ runs differ, both edit."""
     from styleclip.evaluation import optimization_edit
@@ -221,3 +244,5 @@ def test_optimization_edit_follows_the_engines_space():
         optimization_edit(loaded, steps=3, space="z")(spec, 0)
     # Without steps the benchmark runs the model's default, as the app and the CLI do.
     assert f"{loaded.bundle.opt_steps} steps" in optimization_edit(loaded).describe(spec)
+    # The directional term starts from each edit's own neutral text.
+    assert "directional 2 from “face”" in optimization_edit(loaded, dir_lambda=2.0).describe(spec)

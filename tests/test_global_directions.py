@@ -17,7 +17,13 @@ from styleclip.engines.global_directions import (
     style_direction,
 )
 from styleclip.engines.precompute import Cancelled, compute_relevance, precompute
-from styleclip.engines.statistics import StatisticsError, load_official_s_mean_std, load_statistics
+from styleclip.engines.statistics import (
+    GlobalStatistics,
+    StatisticsError,
+    WhitenedRelevance,
+    load_official_s_mean_std,
+    load_statistics,
+)
 from styleclip.models.clip_model import ClipModel, build_small_clip
 from styleclip.models.generator import Generator
 from tests.conftest import make_tiny_generator
@@ -66,6 +72,52 @@ def test_auto_beta_keeps_more_than_the_floor():
     assert auto_beta(r, min_channels=20) == pytest.approx(0.25)
     assert auto_beta(r, min_channels=100) == pytest.approx(0.15)
     assert auto_beta(r, min_channels=1000) == pytest.approx(0.10)  # nothing qualifies → 0.1
+
+
+def _stats_with_rows(rows: torch.Tensor, channels: int | None = None) -> GlobalStatistics:
+    channels = rows.shape[0] if channels is None else channels
+    unit = torch.nn.functional.normalize(rows.float(), dim=1)
+    return GlobalStatistics(torch.zeros(channels), torch.ones(channels), unit, torch.arange(channels))
+
+
+def test_whitened_relevance_discounts_an_axis_every_channel_shares():
+    # 50 channels move CLIP's embedding along e0 only, one along e1, one along e2. A text direction mostly along
+    # e0 with a specific e1 part: the plain cosine ranks the 50 generic channels first, the whitened one the e1
+    # channel, and the e2 channel stays irrelevant in both.
+    eye = torch.eye(3)
+    stats = _stats_with_rows(torch.cat([eye[:1].repeat(50, 1), eye[1:2], eye[2:3]]))
+    dt = torch.nn.functional.normalize(torch.tensor([0.8, 0.6, 0.0]), dim=0)
+    official = stats.relevance_of(dt)
+    whitened = WhitenedRelevance(stats, shrinkage=0.1)(dt)
+    assert official[0] > official[50] and int(official.abs().argmax()) < 50
+    assert int(whitened.abs().argmax()) == 50 and whitened[50] > 2 * whitened[0] > 0
+    assert abs(float(whitened[51])) < 1e-6 and whitened.abs().max() <= 1 + 1e-6
+
+
+def test_whitened_relevance_tends_to_the_official_one_as_shrinkage_grows():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(40, 8, generator=g) + torch.tensor([3.0] + [0.0] * 7)  # anisotropic rows
+    stats = _stats_with_rows(rows, channels=48)  # 8 channels beyond the matrix, like a 5376-row official file
+    dt = torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0)
+    official = stats.relevance_of(dt)
+    strong = WhitenedRelevance(stats, shrinkage=10.0)(dt)
+    weak = WhitenedRelevance(stats, shrinkage=1e6)(dt)
+    torch.testing.assert_close(weak, official, atol=1e-4, rtol=0)
+    assert (strong - official).abs().max() > 0.01
+    assert torch.count_nonzero(strong[40:]) == 0
+    with pytest.raises(ValueError, match="shrinkage"):
+        WhitenedRelevance(stats, shrinkage=0.0)
+
+
+def test_engine_uses_the_whitened_metric_when_asked(engine):
+    whitened = GlobalDirections(engine.generator, engine.clip, engine.stats, relevance_shrinkage=10.0)
+    r_official, _ = engine.relevance("face", "smiling face")
+    r_white, _ = whitened.relevance("face", "smiling face")
+    assert engine.relevance_shrinkage is None and whitened.relevance_shrinkage == 10.0
+    assert not torch.allclose(r_official, r_white)
+    d = whitened.direction("face", "smiling face", beta=0.0)
+    assert d.top_channels[0][2] == pytest.approx(float(r_white.abs().max()) * float(torch.sign(
+        r_white[r_white.abs().argmax()])))
 
 
 # ------------------------------------------------------------------------------------------ engine

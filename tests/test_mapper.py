@@ -17,6 +17,7 @@ from conftest import make_tiny_generator
 from PIL import Image
 
 from styleclip.cli import main
+from styleclip.engines.clip_losses import text_change_direction
 from styleclip.engines.mapper import (
     GROUPS,
     Cancelled,
@@ -36,7 +37,7 @@ from styleclip.models.clip_model import ClipModel, build_small_clip
 from styleclip.models.generator import Generator
 from styleclip.models.generator_io import save_generator
 from styleclip.models.identity import IdentityModel
-from styleclip.models.model_zoo import MAPPER_ID_WEIGHT_TOYFACES
+from styleclip.models.model_zoo import MAPPER_DIRECTION_WEIGHT_TOYFACES, MAPPER_ID_WEIGHT_TOYFACES
 
 # The machine is shared with background jobs: one thread keeps timings sane (conftest asks for two).
 torch.set_num_threads(1)
@@ -465,6 +466,31 @@ def test_previews_identity_term_and_argument_checks(tiny, tiny_clip):
         _train(tiny, tiny_clip, groups=("fine",))  # a 32 px generator has no fine rows
 
 
+def test_directional_term_follows_the_text_change_and_trains(tmp_path, tiny, tiny_clip):
+    change = text_change_direction(tiny_clip, "a face", TEXT)
+    expected = tiny_clip.encode_text([TEXT]) - tiny_clip.encode_text(["a face"])
+    torch.testing.assert_close(change, expected / expected.norm())
+    with pytest.raises(ValueError, match="no difference"):
+        text_change_direction(tiny_clip, TEXT, TEXT)
+
+    check = {"clip_weight": 0.0, "l2_weight": 0.8, "direction_weight": 1.0, "neutral": "a face", "n": 12,
+             "batch": 6}
+    before = validation_objective(LevelsMapper.for_generator(tiny, seed=3), tiny, tiny_clip, TEXT, **check)
+    assert set(before) == {"clip", "l2", "dir", "loss"} and 0 <= before["dir"] <= 2
+    assert before["loss"] == pytest.approx(0.8 * before["l2"] + before["dir"])
+    # Trained on the directional term alone, the held-out images change more along the text's change.
+    mapper, history = _train(tiny, tiny_clip, steps=30, clip_weight=0.0, l2_weight=0.0, direction_weight=1.0,
+                             neutral="a face", checkpoint_path=tmp_path / "dir.pt")
+    assert all(0 <= r["dir"] <= 2 for r in history)
+    after = validation_objective(mapper, tiny, tiny_clip, TEXT, **check)
+    assert after["dir"] < before["dir"] - 0.01, (before, after)
+    with pytest.raises(ValueError, match="other settings.*direction_weight"):
+        _train(tiny, tiny_clip, steps=31, clip_weight=0.0, l2_weight=0.0, direction_weight=2.0, neutral="a face",
+               checkpoint_path=tmp_path / "dir.pt")
+    with pytest.raises(ValueError, match="neutral text"):
+        _train(tiny, tiny_clip, direction_weight=1.0, neutral=" ")
+
+
 # -------------------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def tiny_models_dir(tmp_path, tiny, tiny_clip, monkeypatch):
@@ -507,6 +533,9 @@ def test_cli_trains_and_applies_a_mapper(tmp_path, tiny_models_dir, tiny, capsys
     # the model's identity network and default weight (model_zoo.MAPPER_ID_WEIGHT_TOYFACES)
     assert line["id_weight"] == MAPPER_ID_WEIGHT_TOYFACES and line["identity"] == "toyfaces-identity"
     assert "training mapper" in result.stderr
+    # and the model's directional-loss weight (model_zoo.MAPPER_DIRECTION_WEIGHT_TOYFACES), recorded in the file
+    assert line["direction_weight"] == MAPPER_DIRECTION_WEIGHT_TOYFACES > 0 and "dir" in line["final_losses_last10"]
+    assert load_mapper(out, tiny).meta["direction_weight"] == MAPPER_DIRECTION_WEIGHT_TOYFACES
 
     png = tmp_path / "smile.png"
     assert (
@@ -553,7 +582,8 @@ def test_ship_mappers_trains_several_seeds_and_ships_the_best_held_out_run(tmp_p
     shipped_dir = tmp_path / "shipped"
     monkeypatch.setattr(ship_mappers, "LOG_DIR", tmp_path / "runs")
     monkeypatch.setattr(ship_mappers, "mappers_dir", lambda model: shipped_dir)
-    ship_mappers.main(["--only", "smiling", "--steps", "3", "--seeds", "0", "5", "--jobs", "2"])
+    ship_mappers.main(["--only", "smiling", "--steps", "3", "--seeds", "0", "5", "--jobs", "2", "--direction-weight",
+                       "0"])
     out = capsys.readouterr().out
     assert "smiling (seed 0): ok" in out and "smiling (seed 5): ok" in out
     lines = [line for line in out.splitlines() if "held-out" in line]
@@ -567,3 +597,12 @@ def test_ship_mappers_trains_several_seeds_and_ships_the_best_held_out_run(tmp_p
     assert ship_mappers.run_path("toyfaces", "smiling", 0).name == "smiling.pt"  # older runs resume as seed 0
     with pytest.raises(SystemExit):
         ship_mappers.main(["--only", "smiling", "--seeds", "1", "1"])
+    # By default with the model's directional term: its own run file (the seed-0 run above keeps resuming), its
+    # settings in the shipped file.
+    ship_mappers.main(["--only", "smiling", "--steps", "2", "--seeds", "0", "--jobs", "1"])
+    assert "smiling (seed 0): ok" in capsys.readouterr().out
+    run = ship_mappers.run_path("toyfaces", "smiling", 0, MAPPER_DIRECTION_WEIGHT_TOYFACES)
+    assert run.name == f"smiling_dir{MAPPER_DIRECTION_WEIGHT_TOYFACES:g}.pt" and run.exists()
+    meta = load_mapper(shipped_dir / "smiling.pt", tiny).meta
+    assert meta["direction_weight"] == MAPPER_DIRECTION_WEIGHT_TOYFACES and meta["neutral"] == "face"
+    assert meta["steps"] == 2

@@ -173,6 +173,38 @@ def test_identity_term(generator, clip_model):
         optimize(generator, clip_model, TEXT, seed=2, steps=2, id_lambda=0.1)
 
 
+def test_directional_loss_is_a_cosine_with_a_bounded_gradient_at_the_source():
+    from styleclip.engines.clip_losses import directional_loss
+
+    change = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 0.0]]), dim=-1)
+    source = torch.tensor([[0.2, -0.1, 0.5]])
+    assert float(directional_loss(source + 0.5 * change, source, change)) == pytest.approx(0.0, abs=1e-6)
+    assert float(directional_loss(source - 0.5 * change, source, change)) == pytest.approx(2.0)
+    ortho = torch.tensor([[0.0, 0.0, 0.7]])
+    assert float(directional_loss(source + ortho, source, change)) == pytest.approx(1.0)
+    # At the source (no change yet) the loss is 1 and its gradient finite: 1 / min_norm along the text change.
+    edit = source.clone().requires_grad_(True)
+    loss = directional_loss(edit, source, change, min_norm=0.1).sum()
+    (grad,) = torch.autograd.grad(loss, edit)
+    assert loss.item() == pytest.approx(1.0)
+    torch.testing.assert_close(grad, -change / 0.1)
+
+
+def test_directional_term_in_optimization(generator, clip_model):
+    plain = optimize(generator, clip_model, TEXT, seed=4, steps=12, l2_lambda=0.0)
+    assert all(h.dir_loss == 0.0 for h in plain.history) and "dir" not in plain.history[-1].describe()
+    result = optimize(generator, clip_model, TEXT, seed=4, steps=12, l2_lambda=0.0, dir_lambda=2.0,
+                      neutral="a photo")
+    dirs = [h.dir_loss for h in result.history]
+    assert dirs[0] == pytest.approx(1.0)  # step 1 renders the start: no change yet
+    assert dirs[-1] < dirs[0] - 0.05 and all(math.isfinite(d) for d in dirs), dirs
+    assert result.history[-1].loss == pytest.approx(
+        result.history[-1].clip_loss + 2.0 * dirs[-1], abs=1e-5)  # l2 weight 0, no identity term
+    assert "dir " in result.history[-1].describe()
+    with pytest.raises(ValueError, match="dir_lambda"):
+        optimize(generator, clip_model, TEXT, seed=4, steps=2, dir_lambda=-1.0)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps"),
     (dict(lr=-1.0), "lr"),

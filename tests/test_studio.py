@@ -120,3 +120,34 @@ def test_train_mapper_with_some_groups_leaves_the_other_rows_alone(toyfaces_stud
     with pytest.raises(ValueError, match="at least one layer group"):
         toyfaces_studio.train_mapper("toyfaces", "smiling face", tmp_path / "none.pt", steps=2, groups=[])
     assert not (tmp_path / "none.pt").exists()
+
+
+def test_each_model_bundle_picks_its_relevance_metric(toyfaces_studio):
+    loaded = toyfaces_studio.model("toyfaces")
+    engine = loaded.engine()
+    assert engine.relevance_shrinkage == loaded.bundle.relevance_shrinkage is not None
+    # the app's auto-beta and edits read the whitened metric; the official one stays one setting away
+    from styleclip.engines.global_directions import GlobalDirections
+
+    official = GlobalDirections(loaded.generator, loaded.clip, engine.stats)
+    r_app, _ = engine.relevance("face", "smiling face")
+    r_official, _ = official.relevance("face", "smiling face")
+    assert not torch.allclose(r_app, r_official)
+    info = toyfaces_studio.global_edit("toyfaces", 0, "face", "smiling face", 4.1, 0.15)[1]
+    assert info["channels"] == engine.direction("face", "smiling face", 0.15).num_channels
+    assert info["relevance_metric"] == f"whitened (shrinkage {loaded.bundle.relevance_shrinkage:g})"
+
+
+def test_no_channel_message_never_suggests_a_beta_below_the_slider(toyfaces_studio, monkeypatch):
+    from styleclip.engines.global_directions import NoChannelsError
+
+    engine = toyfaces_studio.model("toyfaces").engine()
+
+    def no_channels(*args, **kwargs):
+        raise NoChannelsError(0.1, 0.05, 0.07)
+
+    monkeypatch.setattr(engine, "edit", no_channels)
+    with pytest.raises(NoChannelsError) as info:
+        toyfaces_studio.global_edit("toyfaces", 0, "face", "face with a black background", 4.1, 0.1)
+    assert f"lowest beta, {BETA_RANGE[0]:g}" in str(info.value) and "0.05" not in str(info.value)
+    assert "Lower beta to 0.09" in str(NoChannelsError(0.1, 0.09, 0.095, lowest_beta=BETA_RANGE[0]))

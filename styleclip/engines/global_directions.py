@@ -1,7 +1,8 @@
 """StyleCLIP global directions: text pair → Δt (CLIP) → channel relevance → Δs(beta) → s + alpha·Δs → image.
 
 The math follows the official implementation (styleclip_facts.md §1): Δt is the normalised difference of
-template-averaged text embeddings, relevance r = fs3 · Δt, channels with |r| < beta are dropped, the rest are
+template-averaged text embeddings, relevance r = fs3 · Δt (or, where a model opts in, the cosine in a whitened
+metric: statistics.WhitenedRelevance), channels with |r| < beta are dropped, the rest are
 divided by max|r| and scaled by each channel's std; ToRGB channels never move.
 
 Caching keeps slider moves cheap: Δt and r are cached per text pair, Δs per (pair, beta), and the source's s
@@ -20,7 +21,7 @@ import torch
 
 from ..models.clip_model import ClipModel
 from ..models.generator import Generator
-from .statistics import GlobalStatistics
+from .statistics import GlobalStatistics, WhitenedRelevance
 
 __all__ = ["NoChannelsError", "Direction", "EditResult", "GlobalDirections", "text_direction",
            "style_direction", "auto_beta", "beta_for_min_channels", "AUTO_BETA_GRID"]
@@ -32,12 +33,19 @@ MIN_CHANNELS_SUGGESTED = 10
 class NoChannelsError(ValueError):
     """No channel passes the disentanglement threshold; the message suggests a beta that keeps some."""
 
-    def __init__(self, beta: float, suggested_beta: float, max_relevance: float):
+    def __init__(self, beta: float, suggested_beta: float, max_relevance: float, lowest_beta: float | None = None):
+        """lowest_beta: the smallest beta the caller accepts (a slider's minimum); a suggestion below it is not
+        offered, the message asks for other words instead."""
         self.beta, self.suggested_beta, self.max_relevance = beta, suggested_beta, max_relevance
-        super().__init__(
-            f"No style channel has relevance ≥ beta={beta:.3f} for this text pair (the largest is "
-            f"{max_relevance:.3f}). Lower beta to {suggested_beta:.2f} to move at least "
-            f"{MIN_CHANNELS_SUGGESTED} channels, or describe the change differently.")
+        start = (f"No style channel has relevance ≥ beta={beta:.3f} for this text pair (the largest is "
+                 f"{max_relevance:.3f}).")
+        if lowest_beta is not None and suggested_beta < lowest_beta:
+            super().__init__(
+                f"{start} Even the lowest beta, {lowest_beta:g}, would move fewer than {MIN_CHANNELS_SUGGESTED} "
+                "channels: CLIP sees little difference between the two texts. Describe the change differently.")
+        else:
+            super().__init__(f"{start} Lower beta to {suggested_beta:.2f} to move at least "
+                             f"{MIN_CHANNELS_SUGGESTED} channels, or describe the change differently.")
 
 
 def text_direction(clip_model: ClipModel, neutral: str, target: str) -> tuple[torch.Tensor, float]:
@@ -118,18 +126,30 @@ class EditResult:
 
 
 class GlobalDirections:
-    """The global-direction engine for one generator + CLIP pair and its precomputed statistics."""
+    """The global-direction engine for one generator + CLIP pair and its precomputed statistics.
+
+    relevance_shrinkage: None for the official relevance (the plain cosine fs3 · Δt); a number > 0 for the
+    cosine in a whitened metric with that shrinkage (`WhitenedRelevance`), which each model bundle may choose.
+    """
 
     def __init__(self, generator: Generator, clip_model: ClipModel, stats: GlobalStatistics,
-                 cache_size: int = 256):
+                 cache_size: int = 256, relevance_shrinkage: float | None = None):
         stats.check_compatible(generator, clip_model)
         self.generator, self.clip, self.stats = generator, clip_model, stats
+        self.relevance_shrinkage = relevance_shrinkage
+        self._relevance_of = stats.relevance_of if relevance_shrinkage is None else WhitenedRelevance(
+            stats, relevance_shrinkage)
         self._conv_index = stats.conv_index  # [C] positions of conv channels in the flat s vector
         self._names = self._channel_names(generator)
         self._relevance: OrderedDict[tuple[str, str], tuple[torch.Tensor, float]] = OrderedDict()
         self._directions: OrderedDict[tuple[str, str, float], Direction] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    @property
+    def relevance_metric(self) -> str:
+        """'official', or 'whitened (shrinkage X)'."""
+        return "official" if self.relevance_shrinkage is None else f"whitened (shrinkage {self.relevance_shrinkage:g})"
 
     @staticmethod
     def _channel_names(generator: Generator) -> list[tuple[str, int]]:
@@ -149,7 +169,7 @@ class GlobalDirections:
                 self._relevance.move_to_end(key)
                 return self._relevance[key]
         dt, norm = text_direction(self.clip, *key)
-        r = self.stats.relevance_of(dt)
+        r = self._relevance_of(dt)
         with self._lock:
             self._lru_put(self._relevance, key, (r, norm))
         return r, norm

@@ -31,6 +31,7 @@ from ..models.checkpoints import CheckpointError, load_checkpoint, preview_keys
 from ..models.clip_model import ClipModel
 from ..models.generator import EqualLinear, Generator
 from ..models.identity import IdentityModel
+from .clip_losses import directional_loss, text_change_direction
 from .precompute import Cancelled, ProgressFn, clip_render_resolution
 
 __all__ = [
@@ -602,22 +603,39 @@ def _identity_fn(identity: Any) -> IdentityLossFn:
 
 
 def _objective(mapper: LevelsMapper, generator: Generator, clip_model: ClipModel, target: torch.Tensor,
-               w_plus: torch.Tensor, resolution: int, weights: tuple[float, float, float],
-               identity: IdentityModel | IdentityLossFn | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The mapper objective on w_plus [B, L, D] toward target [1, E]: (loss, {"clip", "l2"[, "id"], "loss"})."""
-    clip_weight, l2_weight, id_weight = weights
+               w_plus: torch.Tensor, resolution: int, weights: tuple[float, float, float, float],
+               identity: IdentityModel | IdentityLossFn | None,
+               text_change: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mapper objective on w_plus [B, L, D] toward target [1, E]:
+    (loss, {"clip", "l2"[, "id"][, "dir"], "loss"}).
+
+    weights: (clip, l2, id, direction); the directional term needs text_change [1, E]
+    (`clip_losses.text_change_direction`).
+    """
+    clip_weight, l2_weight, id_weight, dir_weight = weights
     w_edit = apply_mapper(mapper, w_plus)
     img = generator.synthesis_w_plus(w_edit, until_resolution=resolution)  # [B, 3, R, R]
-    clip_loss = (1 - clip_model.encode_image(img) @ target.t()).mean()
+    emb = clip_model.encode_image(img)
+    clip_loss = (1 - emb @ target.t()).mean()
     l2_loss = F.mse_loss(w_edit, w_plus)
     loss = clip_weight * clip_loss + l2_weight * l2_loss
     terms = {"clip": clip_loss.item(), "l2": l2_loss.item()}
-    if id_weight > 0:
+    img_src = None
+    if id_weight > 0 or dir_weight > 0:
         with torch.no_grad():
             img_src = generator.synthesis_w_plus(w_plus, until_resolution=resolution)
+    if id_weight > 0:
         id_loss = _identity_fn(identity)(img, img_src).mean()
         loss = loss + id_weight * id_loss
         terms["id"] = float(id_loss.detach())
+    if dir_weight > 0:
+        # StyleGAN-NADA's directional loss: the image should change along the text change and nowhere else, which
+        # the plain CLIP loss does not ask (it rewards any route toward the prompt, attribute leaks included).
+        with torch.no_grad():
+            emb_src = clip_model.encode_image(img_src)
+        dir_loss = directional_loss(emb, emb_src, text_change).mean()
+        loss = loss + dir_weight * dir_loss
+        terms["dir"] = float(dir_loss.detach())
     terms["loss"] = loss.item()
     return loss, terms
 
@@ -629,24 +647,27 @@ VALIDATION_SEED = 20261126  # held-out sources for validation_objective, shared 
 def validation_objective(mapper: LevelsMapper, generator: Generator, clip_model: ClipModel, text: str, *,
                          clip_weight: float, l2_weight: float, id_weight: float = 0.0,
                          identity: IdentityModel | IdentityLossFn | None = None, truncation: float = 0.7,
+                         direction_weight: float = 0.0, neutral: str = "face",
                          n: int = 64, batch: int = 16) -> dict[str, float]:
     """The training objective of train_mapper on `n` held-out sources (the same ones for every mapper), so runs of
     one prompt trained from different seeds or settings can be compared without any attribute classifier.
 
     Returns:
-        {"clip", "l2"[, "id"], "loss"}: means over the n sources.
+        {"clip", "l2"[, "id"][, "dir"], "loss"}: means over the n sources.
     """
     if id_weight > 0 and identity is None:
         raise ValueError("id_weight > 0 needs an identity loss (identity=...); none was given.")
     target = clip_model.encode_text([text.strip()])
+    text_change = text_change_direction(clip_model, neutral.strip(), text.strip()) if direction_weight > 0 else None
     resolution = clip_render_resolution(generator, clip_model)
-    weights = (clip_weight, l2_weight, id_weight)
+    weights = (clip_weight, l2_weight, id_weight, direction_weight)
     was_training = mapper.training
     mapper.eval()
     sums: dict[str, float] = {}
     for start in range(0, n, batch):
         w_plus = sample_w_plus(generator, min(batch, n - start), VALIDATION_SEED, truncation, stream=2, index=start)
-        _, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity)
+        _, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity,
+                              text_change)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value * w_plus.shape[0]
     mapper.train(was_training)
@@ -655,7 +676,8 @@ def validation_objective(mapper: LevelsMapper, generator: Generator, clip_model:
 
 def _loss_text(record: dict[str, float]) -> str:
     parts = f"loss {record['loss']:.4f} (clip {record['clip']:.4f}, l2 {record['l2']:.5f}"
-    return parts + (f", id {record['id']:.4f})" if "id" in record else ")")
+    parts += f", id {record['id']:.4f}" if "id" in record else ""
+    return parts + (f", dir {record['dir']:.4f})" if "dir" in record else ")")
 
 
 def train_mapper(
@@ -671,6 +693,8 @@ def train_mapper(
     id_weight: float = 0.0,
     identity: IdentityModel | IdentityLossFn | None = None,
     truncation: float = 0.7,
+    direction_weight: float = 0.0,
+    neutral: str = "face",
     seed: int,
     groups: Sequence[str] = GROUPS,
     norm_axis: str = "layers",
@@ -691,7 +715,10 @@ def train_mapper(
     smallest resolution >= CLIP's input, as the precompute does; the generator's stored noise is used) and
     minimises
         clip_weight·mean(1 − cos(CLIP(img_hat), CLIP(text))) + l2_weight·MSE(w_hat, w_plus)
-        + id_weight·identity(img_hat, img_source).
+        + id_weight·identity(img_hat, img_source)
+        + direction_weight·mean(1 − cos(CLIP(img_hat) − CLIP(img_source), CLIP(text) − CLIP(neutral))).
+    The last term (off by default, as in the official mapper) is StyleGAN-NADA's directional loss: it asks the
+    image to change only along the text's change, which keeps the other attributes.
     Only the mapper learns (Adam; the official code uses Ranger, which torch does not ship). The generator and
     CLIP are read-only: gradients are taken w.r.t. the mapper's parameters only (shared models stay as they
     are).
@@ -710,6 +737,7 @@ def train_mapper(
             CLIP-resolution renders (256 px for FFHQ, the size ArcFace's preparation pools to anyway); the
             source is rendered without grad.
         truncation: psi of the sampled sources (official: 0.7).
+        direction_weight, neutral: the directional term's weight and the text the change starts from.
         seed: seeds the initialisation, the batches and the preview codes; runs are deterministic per seed.
         groups: enabled level groups; norm_axis: see MapperConfig.
         progress: progress(done_steps, steps, "training mapper | loss … (clip …, l2 …)") after each step.
@@ -740,7 +768,8 @@ def train_mapper(
         raise ValueError(f"batch must be a whole number >= 1, got {batch}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    for name, value in (("clip_weight", clip_weight), ("l2_weight", l2_weight), ("id_weight", id_weight)):
+    for name, value in (("clip_weight", clip_weight), ("l2_weight", l2_weight), ("id_weight", id_weight),
+                        ("direction_weight", direction_weight)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     if id_weight > 0 and identity is None:
@@ -775,6 +804,13 @@ def train_mapper(
         "identity": getattr(identity, "kind", None) if id_weight > 0 else None,
     }
     meta = {"text": text, **(meta or {})}
+    text_change = None
+    if direction_weight > 0:  # only then, so runs started before the directional term still resume
+        if not isinstance(neutral, str) or not neutral.strip():
+            raise ValueError("The directional loss needs a neutral text, e.g. 'face'.")
+        train.update(direction_weight=float(direction_weight), neutral=neutral.strip())
+        meta.update(direction_weight=float(direction_weight), neutral=neutral.strip())  # provenance in the file
+        text_change = text_change_direction(clip_model, neutral.strip(), text)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
         _resume(path, generator, train, state)
@@ -785,7 +821,7 @@ def train_mapper(
 
     target = clip_model.encode_text([text])  # [1, E], unit norm
     resolution = clip_render_resolution(generator, clip_model)
-    weights = (clip_weight, l2_weight, id_weight)
+    weights = (clip_weight, l2_weight, id_weight, direction_weight)
     preview_src = None
     last_saved = state.step
     while state.step < steps:
@@ -796,7 +832,8 @@ def train_mapper(
             )
             raise Cancelled(f"mapper training stopped at step {state.step} of {steps}{where}")
         w_plus = sample_w_plus(generator, batch, seed, truncation, stream=0, index=state.step)  # [B, L, D]
-        loss, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity)
+        loss, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity,
+                                 text_change)
         record = {"step": state.step + 1, **terms}
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)  # the mapper's parameters only: generator and CLIP get no .grad

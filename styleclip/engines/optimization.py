@@ -1,6 +1,7 @@
 """Latent optimization (StyleCLIP `optimization/run_optimization.py`): Adam on W+ (or S) toward a text prompt.
 
-loss = CLIP loss + l2_lambda · Σ(latent − latent_0)² + id_lambda · identity loss, with the official
+loss = CLIP loss + l2_lambda · Σ(latent − latent_0)² + id_lambda · identity loss [+ dir_lambda · StyleGAN-NADA's
+directional CLIP loss, off by default as upstream has none], with the official
 learning-rate schedule (linear ramp-up over the first 5 % of the steps, cosine ramp-down over the last 25 %).
 
 Differences from the official script, on purpose:
@@ -27,6 +28,7 @@ import torch
 from ..models.clip_model import ClipModel
 from ..models.generator import Generator
 from ..models.identity import IdentityModel
+from .clip_losses import directional_loss, text_change_direction
 from .precompute import Cancelled, ProgressFn, clip_render_resolution, sample_w
 
 __all__ = [
@@ -69,6 +71,7 @@ class OptimizationStep:
         clip_loss: mean over the batch of 1 − cos(CLIP(img), CLIP(text)).
         l2_loss: Σ(latent − latent_0)² (a sum over all elements, not a mean, as upstream).
         id_loss: mean over the batch of the identity loss (0.0 when id_lambda is 0).
+        dir_loss: mean over the batch of the directional loss (0.0 when dir_lambda is 0).
     """
 
     step: int
@@ -77,10 +80,11 @@ class OptimizationStep:
     clip_loss: float
     l2_loss: float
     id_loss: float
+    dir_loss: float = 0.0
 
     def describe(self) -> str:
         return (f"loss {self.loss:.4f} (clip {self.clip_loss:.4f}, l2 {self.l2_loss:.4f}, "
-                f"id {self.id_loss:.4f})")
+                f"id {self.id_loss:.4f}" + (f", dir {self.dir_loss:.4f})" if self.dir_loss else ")"))
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ def optimize(
     loss_resolution: int | None = None,
     s_0: Sequence[torch.Tensor] | None = None,
     clip_views: int = 1,
+    dir_lambda: float = 0.0,
+    neutral: str = "face",
 ) -> OptimizationResult:
     """Edit a latent so its image matches `text` (StyleCLIP latent optimization, "edit" mode).
 
@@ -222,6 +228,10 @@ def optimize(
             few pixels and lightly noised, the loss averaged over all: a latent that satisfies CLIP on one exact
             image only (an adversarial tint rather than the described change) no longer pays off. Seeded from
             `seed`, so a run stays deterministic.
+        dir_lambda: weight of the directional loss 1 − cos(CLIP(img) − CLIP(img_0), CLIP(text) − CLIP(neutral))
+            (`clip_losses.directional_loss`; 0 = the official objective); it asks the image to change only
+            along the text's change, which keeps the other attributes.
+        neutral: the text the directional loss's change starts from.
 
     Returns:
         OptimizationResult with the final latent, its full-resolution image and the per-step loss history.
@@ -231,6 +241,8 @@ def optimize(
         OptimizationCancelled: stopped by should_stop (a `Cancelled`; `.result` holds the latest latent).
     """
     _check_args(steps, lr, l2_lambda, id_lambda, space, identity, preview_every)
+    if not math.isfinite(dir_lambda) or dir_lambda < 0:
+        raise ValueError(f"dir_lambda must be a finite number >= 0, got {dir_lambda!r}.")
     if not isinstance(clip_views, int) or clip_views < 1:
         raise ValueError(f"clip_views must be a whole number >= 1, got {clip_views!r}.")
     view_rng = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -242,6 +254,7 @@ def optimize(
         raise ValueError("s_0 (a start in S) needs space='s'; a W+ optimization starts from w_plus_0.")
     w0 = _initial_w_plus(generator, w_plus_0, seed, truncation) if s_0 is None else None
     text_emb = clip_model.encode_text([text])  # [1, D] unit; validates the prompt before any work
+    text_change = text_change_direction(clip_model, neutral, text) if dir_lambda > 0 else None
 
     with torch.no_grad():
         if space == "w_plus":
@@ -255,6 +268,7 @@ def optimize(
         # [N, 3, res, res]: the identity reference, rendered like every step's image.
         img_0 = generator.synthesis(_to_s(generator, start, space), until_resolution=until)
         id_ref = identity.embed(img_0) if id_lambda > 0 else None  # [N, D_id], the fixed reference
+        emb_0 = clip_model.encode_image(img_0) if text_change is not None else None  # [N, E]
 
     latent = [t.clone().requires_grad_(flag) for t, flag in zip(start, trainable, strict=True)]
     params = [t for t in latent if t.requires_grad]
@@ -280,20 +294,25 @@ def optimize(
 
         with torch.enable_grad():  # also when the caller runs under no_grad
             img = generator.synthesis(_to_s(generator, latent, space), until_resolution=until)
-            clip_loss = _clip_loss(clip_model, _views(img, clip_views, view_rng), text_emb).mean()
+            emb = clip_model.encode_image(_views(img, clip_views, view_rng))  # [views·N, E], plain image first
+            clip_loss = (1.0 - (emb * text_emb).sum(dim=-1)).mean()
             l2_loss = sum(((t - t0) ** 2).sum() for t, t0 in zip(latent, start, strict=True))
             loss = clip_loss + l2_lambda * l2_loss
             id_loss = torch.zeros(())
             if id_ref is not None:
                 id_loss = identity.loss_to(img, id_ref).mean()
                 loss = loss + id_lambda * id_loss
+            dir_loss = torch.zeros(())
+            if emb_0 is not None:
+                dir_loss = directional_loss(emb[: img.shape[0]], emb_0, text_change).mean()
+                loss = loss + dir_lambda * dir_loss
             grads = torch.autograd.grad(loss, params)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         optimizer.step()
 
         history.append(OptimizationStep(i + 1, step_lr, loss.item(), clip_loss.item(), l2_loss.item(),
-                                        id_loss.item()))
+                                        id_loss.item(), dir_loss.item()))
         if on_step is not None:
             on_step(history[-1])
         if progress is not None:

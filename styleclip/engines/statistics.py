@@ -18,8 +18,8 @@ import torch
 
 from ..models.generator import Generator
 
-__all__ = ["GlobalStatistics", "StatisticsError", "load_statistics", "load_official_s_mean_std",
-           "conv_channel_index"]
+__all__ = ["GlobalStatistics", "StatisticsError", "WhitenedRelevance", "load_statistics",
+           "load_official_s_mean_std", "conv_channel_index"]
 
 
 class StatisticsError(ValueError):
@@ -71,6 +71,41 @@ class GlobalStatistics:
         _atomic(directory / "stats.npz", lambda p: np.savez(p, mean=self.mean.numpy(), std=self.std.numpy()))
         _atomic(directory / "fs3.npy", lambda p: np.save(p, self.fs3.numpy().astype(np.float32)))
         _atomic(directory / "manifest.json", lambda p: p.write_text(json.dumps(self.manifest, indent=2)))
+
+
+class WhitenedRelevance:
+    """Relevance as a cosine in a whitened CLIP metric, a departure from the official plain cosine (opt-in per model).
+
+    The rows of fs3 share a few axes of CLIP's image space: nearly every channel moves the embedding along them,
+    whatever else it changes. The plain cosine fs3 · Δt therefore ranks channels by how far they move along those
+    shared axes, and a text direction with a component there (most have one) selects hundreds of channels that
+    change the face in general rather than the named attribute. Here both sides are mapped through
+    W = (Σ + shrinkage·mean(eig Σ)·I)^(−1/2), Σ the second moment of the rows, before the cosine: shared axes count
+    less, none is deleted (deleting the top two principal axes helped some edits and ruined others,
+    BENCHMARKS.md). As shrinkage grows, W tends to a multiple of I and the relevance to the official one.
+    """
+
+    def __init__(self, stats: GlobalStatistics, shrinkage: float):
+        if not (shrinkage > 0 and np.isfinite(shrinkage)):
+            raise ValueError(f"relevance shrinkage must be a finite number > 0, got {shrinkage}")
+        rows = stats.fs3.double()                      # [R, D]
+        second = rows.T @ rows / rows.shape[0]         # [D, D]
+        evals, evecs = torch.linalg.eigh(second)
+        evals = evals.clamp_min(0)
+        scale = (evals + shrinkage * evals.mean()).rsqrt()
+        self.shrinkage = float(shrinkage)
+        self.transform = (evecs * scale) @ evecs.T     # [D, D] symmetric
+        white = rows @ self.transform
+        self.rows = (white / white.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()  # [R, D] unit
+        self.transform = self.transform.float()
+        self.num_channels = stats.conv_index.numel()
+
+    def __call__(self, dt: torch.Tensor) -> torch.Tensor:
+        """dt: [D] unit text direction → [C] relevance, the cosine of W·row and W·dt (0 beyond the matrix's rows)."""
+        v = self.transform @ dt.to(self.transform)
+        r = torch.zeros(self.num_channels)
+        r[: self.rows.shape[0]] = self.rows @ (v / v.norm().clamp_min(1e-12))
+        return r
 
 
 def _atomic(path: Path, write) -> None:

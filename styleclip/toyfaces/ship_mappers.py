@@ -3,6 +3,7 @@
     python -m styleclip.toyfaces.ship_mappers                    # the shipped benchmark edits, 2 at a time
     python -m styleclip.toyfaces.ship_mappers --only smiling "blond hair" --steps 1500
     python -m styleclip.toyfaces.ship_mappers --seeds 0 1 2      # three runs per edit, the best one shipped
+    python -m styleclip.toyfaces.ship_mappers --only glasses --direction-weight 0   # without the directional loss
 
 Each mapper is trained by the ordinary `train-mapper` command on the edit's target text (so a user's own
 training from the app or CLI gets the same recipe), with its resumable training checkpoint and log in
@@ -34,18 +35,25 @@ LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training l
 L2_WEIGHT = 0.8  # train-mapper's default, which `command` keeps
 
 
-def command(model: str, text: str, out: Path, steps: int, seed: int) -> list[str]:
-    return [sys.executable, "-m", "styleclip", "train-mapper", "--model", model, "--text", text, "--out", str(out),
-            "--steps", str(steps), "--seed", str(seed), "--checkpoint-every", "200"]
+def command(model: str, text: str, out: Path, steps: int, seed: int, direction_weight: float = 0.0,
+            neutral: str = "face") -> list[str]:
+    cmd = [sys.executable, "-m", "styleclip", "train-mapper", "--model", model, "--text", text, "--out", str(out),
+           "--steps", str(steps), "--seed", str(seed), "--checkpoint-every", "200"]
+    if direction_weight > 0:
+        cmd += ["--direction-weight", f"{direction_weight:g}", "--neutral", neutral]
+    return cmd
 
 
-def run_path(model: str, name: str, seed: int) -> Path:
-    """The training checkpoint of one run (seed 0 keeps the name runs had before --seeds, so they resume)."""
+def run_path(model: str, name: str, seed: int, direction_weight: float = 0.0) -> Path:
+    """The training checkpoint of one run (seed 0 keeps the name runs had before --seeds, so they resume; runs with
+    the directional term get their own names, since a checkpoint only resumes with its own settings)."""
     stem = name.replace(" ", "_") + ("" if seed == 0 else f"_seed{seed}")
+    stem += f"_dir{direction_weight:g}" if direction_weight > 0 else ""
     return LOG_DIR / model / f"{stem}.pt"
 
 
-def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path]) -> tuple[int, dict[int, dict]]:
+def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path], direction_weight: float = 0.0,
+              neutral: str = "face") -> tuple[int, dict[int, dict]]:
     """The seed whose mapper has the lowest held-out training objective, and every run's objective terms."""
     loaded = studio.model(model)
     identity, id_weight, _ = studio.mapper_identity(model)
@@ -54,7 +62,8 @@ def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path]) -> t
         mapper = load_mapper(path, loaded.generator)
         scores[seed] = validation_objective(mapper, loaded.generator, loaded.clip, text, clip_weight=1.0,
                                             l2_weight=L2_WEIGHT, id_weight=id_weight, identity=identity,
-                                            truncation=loaded.bundle.truncation)
+                                            truncation=loaded.bundle.truncation,
+                                            direction_weight=direction_weight, neutral=neutral)
     return min(scores, key=lambda seed: scores[seed]["loss"]), scores
 
 
@@ -67,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds per edit; with several, the run with the lowest held-out objective ships")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--direction-weight", type=float, default=None,
+                   help="weight of the directional CLIP loss, from each edit's neutral text (0: the official "
+                        "objective; default: the model's, as train-mapper)")
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f"--seeds must be distinct whole numbers >= 0, got {args.seeds}")
@@ -78,15 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     studio = Studio()
+    args.direction_weight = studio.mapper_direction_weight(args.model, args.direction_weight)
 
     def train(job) -> tuple[str, int, int, float]:
         spec, seed = job
-        checkpoint = run_path(args.model, spec.name, seed)
+        checkpoint = run_path(args.model, spec.name, seed, args.direction_weight)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
+        cmd = command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight, spec.neutral)
         with open(checkpoint.with_suffix(".log"), "a") as fh:
-            rc = subprocess.call(command(args.model, spec.target, checkpoint, args.steps, seed), stdout=fh,
-                                 stderr=subprocess.STDOUT, env=env)
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         return spec.name, seed, rc, time.time() - t0
 
     jobs = [(spec, seed) for spec in specs for seed in args.seeds]
@@ -100,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     for spec in specs:
         if spec.name in failed:
             continue
-        runs = {seed: run_path(args.model, spec.name, seed) for seed in args.seeds}
-        best, scores = pick_best(studio, args.model, spec.target, runs) if len(runs) > 1 else (args.seeds[0], {})
+        runs = {seed: run_path(args.model, spec.name, seed, args.direction_weight) for seed in args.seeds}
+        best, scores = (pick_best(studio, args.model, spec.target, runs, args.direction_weight, spec.neutral)
+                        if len(runs) > 1 else (args.seeds[0], {}))
         for seed, terms in scores.items():
             print(f"{spec.name} seed {seed}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
                   + ("  <- shipped" if seed == best else ""), flush=True)
