@@ -178,7 +178,7 @@ def _add_optimize_parser(sub) -> None:
     p.add_argument("--l2-lambda", type=float, default=None,
                    help="pull toward the start latent; default: the model's (ffhq 0.008 official, toyfaces 0.05)")
     p.add_argument("--id-lambda", type=float, default=None,
-                   help="identity loss weight; default: the model's (ffhq 0.005 as the notebook, toyfaces 1.0) when "
+                   help="identity loss weight; default: the model's (ffhq 0.005 as the notebook, toyfaces 0.5) when "
                         "its identity network is on disk, else 0")
     p.add_argument("--dir-lambda", type=float, default=None,
                    help="directional CLIP loss weight (StyleGAN-NADA's; 0 = the official objective); default: the "
