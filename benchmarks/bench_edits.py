@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--edits", default="", help="comma-separated edit names (default: all of the set)")
     p.add_argument("--alpha", type=float, default=4.1, help="global: strength")
     p.add_argument("--beta", type=float, default=None, help="global: threshold (default: auto-beta per pair)")
+    p.add_argument("--floor", type=int, default=None,
+                   help="global: the channel count auto-beta keeps (default: the model's, as the app)")
     p.add_argument("--shrinkage", default="model",
                    help="global: relevance metric, 'official' (plain cosine), a whitening shrinkage such as 10, or "
                         "'model' (the model's own choice, as the app)")
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="mapper: apply only these W+ groups' part of each edit, e.g. 'medium,fine' (default: all)")
     p.add_argument("--steps", type=int, default=None, help="optimization: Adam steps (default: the model's)")
     p.add_argument("--l2", type=float, default=None, help="optimization: L2 weight (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="optimization: peak learning rate (default: 0.1)")
     p.add_argument("--space", choices=("w_plus", "s"), default="w_plus", help="optimization: latent space")
     p.add_argument("--dir-lambda", type=float, default=None,
                    help="optimization: directional CLIP loss weight, from each edit's neutral (default: the model's)")
@@ -98,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
                 shrinkage = float(args.shrinkage)
             except ValueError:
                 p.error(f"--shrinkage must be 'model', 'official' or a number, got {args.shrinkage!r}")
-        edit_fn = global_directions_edit(loaded, alpha=args.alpha, beta=args.beta, relevance_shrinkage=shrinkage)
+        edit_fn = global_directions_edit(loaded, alpha=args.alpha, beta=args.beta, relevance_shrinkage=shrinkage,
+                                         auto_beta_floor=args.floor)
         beta = "auto" if args.beta is None else f"{args.beta:g}"
+        beta += "" if args.beta is not None or args.floor is None else f" (floor {args.floor})"
         metric = edit_fn.engine.relevance_shrinkage
         metric = "official relevance" if metric is None else f"whitened relevance (shrinkage {metric:g})"
         label = f"global directions, alpha {args.alpha:g}, beta {beta}, {metric}"
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         label += "" if groups is None else f", groups {'+'.join(groups) or 'none'}"
     else:
         edit_fn = optimization_edit(loaded, steps=args.steps, l2_lambda=args.l2, id_lambda=args.id_lambda,
-                                    space=args.space, clip_views=args.clip_views, dir_lambda=args.dir_lambda)
+                                    space=args.space, clip_views=args.clip_views, dir_lambda=args.dir_lambda,
+                                    lr=args.lr)
         label = f"latent optimization, {edit_fn.describe(specs[0])}"
     load_s = time.perf_counter() - t0
 

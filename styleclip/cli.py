@@ -239,7 +239,8 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
         restore()
     seconds = time.perf_counter() - t0
     last = history[-10:]
-    parts = ("loss", "clip", "l2") + (("id",) if id_weight > 0 else ()) + (("dir",) if direction_weight > 0 else ())
+    parts = ("loss", "clip", "l2") + (("id",) if id_weight > 0 else ())
+    parts += ("dir",) if direction_weight > 0 else ()
     final = {k: round(statistics.mean(r[k] for r in last), 5) for k in parts} if last else {}
     return {"out": str(out), "model": loaded.name, "text": text, "steps": len(history), "batch": args.batch,
             "groups": list(mapper.groups), "id_weight": id_weight, "direction_weight": direction_weight,

@@ -507,10 +507,11 @@ class _GlobalDirectionsEdit:
 
     def __init__(self, loaded: LoadedModel, alpha: float, beta: float | None,
                  source_s: Callable[[int], torch.Tensor] | None = None,
-                 relevance_shrinkage: float | None | str = MODEL_DEFAULT):
+                 relevance_shrinkage: float | None | str = MODEL_DEFAULT, auto_beta_floor: int | None = None):
         from .engines.global_directions import GlobalDirections
 
         self.loaded, self.alpha, self.beta = loaded, float(alpha), beta
+        self.auto_beta_floor = loaded.bundle.auto_beta_floor if auto_beta_floor is None else int(auto_beta_floor)
         self.source_s = source_s or loaded.s_of_seed
         self.engine = loaded.engine()  # raises MissingStatisticsError (a ValueError) before any work
         if relevance_shrinkage != MODEL_DEFAULT and relevance_shrinkage != self.engine.relevance_shrinkage:
@@ -520,7 +521,7 @@ class _GlobalDirectionsEdit:
     def beta_for(self, spec: EditSpec) -> float:
         if self.beta is not None:
             return float(self.beta)
-        return self.engine.auto_beta(spec.neutral, spec.target, self.loaded.bundle.auto_beta_floor)
+        return self.engine.auto_beta(spec.neutral, spec.target, self.auto_beta_floor)
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
         from .engines.global_directions import NoChannelsError
@@ -546,7 +547,8 @@ class _GlobalDirectionsEdit:
 
 def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float | None = None,
                            source_s: Callable[[int], torch.Tensor] | None = None,
-                           relevance_shrinkage: float | None | str = MODEL_DEFAULT) -> EditFn:
+                           relevance_shrinkage: float | None | str = MODEL_DEFAULT,
+                           auto_beta_floor: int | None = None) -> EditFn:
     """edit_fn for the global-direction engine.
 
     Args:
@@ -558,11 +560,12 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
             (`loaded.s_of_seed`). Inverted photos pass their own.
         relevance_shrinkage: the relevance metric (None: the official cosine; a number: whitened with that
             shrinkage); by default the bundle's, as the app.
+        auto_beta_floor: the channel count auto-beta keeps; None → the bundle's, as the app.
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R]; a pair with no channel at beta raises EditFailed.
     """
-    return _GlobalDirectionsEdit(loaded, alpha, beta, source_s, relevance_shrinkage)
+    return _GlobalDirectionsEdit(loaded, alpha, beta, source_s, relevance_shrinkage, auto_beta_floor)
 
 
 class _MapperEdit:
@@ -625,10 +628,14 @@ class _OptimizationEdit:
     """edit_fn for latent optimization of the seed's w_plus toward spec.target."""
 
     def __init__(self, loaded: LoadedModel, steps: int | None, l2_lambda: float | None, id_lambda: float | None,
-                 space: str = "w_plus", clip_views: int = 1, dir_lambda: float | None = None):
+                 space: str = "w_plus", clip_views: int = 1, dir_lambda: float | None = None,
+                 lr: float | None = None):
+        from .engines.optimization import DEFAULTS
         from .studio import optimization_dir_lambda, optimization_steps, optimization_weights
 
         self.loaded, self.space, self.clip_views = loaded, space, int(clip_views)
+        self.default_lr = DEFAULTS["lr"]
+        self.lr = self.default_lr if lr is None else float(lr)
         self.dir_lambda = optimization_dir_lambda(loaded, dir_lambda)
         self.steps = optimization_steps(loaded, steps)
         self.l2_lambda, self.id_lambda, self.identity = optimization_weights(loaded, l2_lambda, id_lambda)
@@ -642,6 +649,7 @@ class _OptimizationEdit:
             spec.target,
             self.loaded.source_w_plus(seed),
             steps=self.steps,
+            lr=self.lr,
             l2_lambda=self.l2_lambda,
             id_lambda=self.id_lambda,
             identity=self.identity,
@@ -656,20 +664,21 @@ class _OptimizationEdit:
         text = f"{self.steps} steps, l2 {self.l2_lambda:g}" + (f", id {self.id_lambda:g}" if self.id_lambda else "")
         text += "" if self.clip_views == 1 else f", {self.clip_views} CLIP views"
         text += f", directional {self.dir_lambda:g} from “{spec.neutral}”" if self.dir_lambda else ""
+        text += "" if self.lr == self.default_lr else f", lr {self.lr:g}"
         return text + ("" if self.space == "w_plus" else f", space {self.space}")
 
 
 def optimization_edit(loaded: LoadedModel, steps: int | None = None, l2_lambda: float | None = None,
                       id_lambda: float | None = None, space: str = "w_plus", clip_views: int = 1,
-                      dir_lambda: float | None = None) -> EditFn:
+                      dir_lambda: float | None = None, lr: float | None = None) -> EditFn:
     """edit_fn for latent optimization (W+ or "s"); the steps and weights default to the model's, as the app and
     CLI use them (`ModelBundle.opt_steps`, `studio.optimization_weights`, `studio.optimization_dir_lambda`); the
-    directional loss starts from each spec's neutral text.
+    directional loss starts from each spec's neutral text; lr None is the engine's default (the official 0.1).
 
     Returns:
         edit_fn(spec, seed) -> img [1, 3, R, R] optimised toward `spec.target`.
     """
-    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space, clip_views, dir_lambda)
+    return _OptimizationEdit(loaded, steps, l2_lambda, id_lambda, space, clip_views, dir_lambda, lr)
 
 
 # ------------------------------------------------------------------------------------------------- formatting

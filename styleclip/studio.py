@@ -220,11 +220,16 @@ def optimization_weights(loaded: LoadedModel, l2_lambda: float | None = None, id
     return l2, weight, identity
 
 
+def directional_weight(weight: float | None, model_default: float) -> float:
+    """The directional CLIP loss's weight: `weight` checked, or the model's default when None."""
+    if weight is None:
+        return float(model_default)
+    return validate_range(weight, "directional loss weight", 0.0, 100.0)
+
+
 def optimization_dir_lambda(loaded: LoadedModel, dir_lambda: float | None = None) -> float:
     """The directional CLIP loss's weight for latent optimization; None → the model's `opt_dir_lambda`."""
-    if dir_lambda is None:
-        return float(loaded.bundle.opt_dir_lambda)
-    return validate_range(dir_lambda, "directional loss weight", 0.0, 100.0)
+    return directional_weight(dir_lambda, loaded.bundle.opt_dir_lambda)
 
 
 class Studio:
@@ -330,9 +335,7 @@ class Studio:
 
     def mapper_direction_weight(self, model: str, weight: float | None = None) -> float:
         """The directional-loss weight for mapper training: `weight`, or the model's default when None."""
-        if weight is None:
-            return float(self.model(model).bundle.mapper_direction_weight)
-        return validate_range(weight, "directional loss weight", 0.0, 100.0)
+        return directional_weight(weight, self.model(model).bundle.mapper_direction_weight)
 
     def identity_status(self, model: str) -> tuple[bool, str]:
         """Whether `model` has an identity network for the identity loss, and a one-line note for the UI.

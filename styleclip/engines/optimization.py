@@ -279,7 +279,7 @@ def optimize(
         with torch.no_grad():
             final = [t.detach().clone() for t in latent]
             img = generator.synthesis(_to_s(generator, final, space))
-            final_clip = float(_clip_loss(clip_model, img, text_emb).mean())
+            final_clip = float(_clip_loss(clip_model.encode_image(img), text_emb).mean())
         return OptimizationResult(
             w_plus=final[0] if space == "w_plus" else None, img=img, history=tuple(history),
             s=final if space == "s" else None, space=space, loss_resolution=res, final_clip_loss=final_clip,
@@ -295,7 +295,7 @@ def optimize(
         with torch.enable_grad():  # also when the caller runs under no_grad
             img = generator.synthesis(_to_s(generator, latent, space), until_resolution=until)
             emb = clip_model.encode_image(_views(img, clip_views, view_rng))  # [views·N, E], plain image first
-            clip_loss = (1.0 - (emb * text_emb).sum(dim=-1)).mean()
+            clip_loss = _clip_loss(emb, text_emb).mean()
             l2_loss = sum(((t - t0) ** 2).sum() for t, t0 in zip(latent, start, strict=True))
             loss = clip_loss + l2_lambda * l2_loss
             id_loss = torch.zeros(())
@@ -346,6 +346,6 @@ def _views(img: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
     return torch.cat(views)
 
 
-def _clip_loss(clip_model: ClipModel, img: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-    """1 − cos(CLIP(img), text) per sample: img [N, 3, H, W], text_emb [1, D] unit → [N]."""
-    return 1.0 - (clip_model.encode_image(img) * text_emb).sum(dim=-1)
+def _clip_loss(emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """1 − cos(CLIP(img), text) per sample: emb [N, D] unit image embeddings, text_emb [1, D] unit → [N]."""
+    return 1.0 - (emb * text_emb).sum(dim=-1)

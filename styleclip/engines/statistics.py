@@ -93,11 +93,11 @@ class WhitenedRelevance:
         evals, evecs = torch.linalg.eigh(second)
         evals = evals.clamp_min(0)
         scale = (evals + shrinkage * evals.mean()).rsqrt()
+        transform = (evecs * scale) @ evecs.T          # [D, D] symmetric
+        white = rows @ transform
         self.shrinkage = float(shrinkage)
-        self.transform = (evecs * scale) @ evecs.T     # [D, D] symmetric
-        white = rows @ self.transform
+        self.transform = transform.float()
         self.rows = (white / white.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()  # [R, D] unit
-        self.transform = self.transform.float()
         self.num_channels = stats.conv_index.numel()
 
     def __call__(self, dt: torch.Tensor) -> torch.Tensor:
