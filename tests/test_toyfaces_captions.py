@@ -12,6 +12,8 @@ from styleclip.toyfaces.captions import (
     FACE_WIDTH_BINS,
     HELDOUT_PHRASES,
     PHRASES,
+    PROMPT_SETS,
+    REWORDED_FRAMES,
     caption,
     is_adjective,
     zero_shot_prompts,
@@ -90,6 +92,21 @@ def test_heldout_phrases_never_generated():
                 assert not _contains(blob, phrase), (attr, value, phrase)
 
 
+def test_reworded_frames_never_in_training_text():
+    """The "reworded" zero-shot prompts must not be verbatim training text: no caption the CLIP trainer makes
+    (captions wrapped in ImageNet templates included) contains any of their frames."""
+    from styleclip.toyfaces.train_clip import make_caption
+
+    rng = np.random.default_rng(11)
+    texts = [make_caption(sample_params(rng), rng, template_prob=0.4) for _ in range(3000)]
+    blob = "\n".join(texts)
+    stems = {frame.split("{}")[0].strip() for frame in REWORDED_FRAMES}
+    assert len(stems) == len(REWORDED_FRAMES)
+    for stem in stems:
+        assert stem not in blob, stem
+    assert sum(t.startswith(("a ", "an ")) for t in texts) > 100  # the sample does hold ordinary captions
+
+
 def test_caption_accepts_labels_and_hides_invisible_attributes():
     p = sample_params(np.random.default_rng(4))
     a = caption(p, np.random.default_rng(5))
@@ -104,14 +121,22 @@ def test_caption_accepts_labels_and_hides_invisible_attributes():
 
 def test_zero_shot_prompts():
     for a in ATTRIBUTES:
-        for heldout in (False, True):
-            prompts = zero_shot_prompts(a.name, heldout=heldout)
-            table = HELDOUT_PHRASES if heldout else PHRASES
+        for prompt_set in PROMPT_SETS:
+            prompts = zero_shot_prompts(a.name, prompt_set)
+            table = HELDOUT_PHRASES if prompt_set == "paraphrase" else PHRASES
             assert set(prompts) == set(table[a.name])
             for value, texts in prompts.items():
                 assert texts and all(any(p in t for p in table[a.name][value]) for t in texts)
+        reworded = [t for texts in zero_shot_prompts(a.name, "reworded").values() for t in texts]
+        assert all(any(t.startswith(f.split("{}")[0]) for f in REWORDED_FRAMES) for t in reworded), a.name
     smile = zero_shot_prompts("mouth")["smiling"]
     assert "a face with a big smile" in smile and "a smiling face" in smile
+    smile = zero_shot_prompts("mouth", "reworded")["smiling"]
+    assert "someone who has a big smile" in smile and "someone who looks smiling" in smile
     assert is_adjective("smiling") and not is_adjective("blond hair")
     with pytest.raises(ValueError):
         zero_shot_prompts("tail")
+    with pytest.raises(ValueError, match="prompt_set"):
+        zero_shot_prompts("hat", "heldout")
+
+

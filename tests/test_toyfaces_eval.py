@@ -15,6 +15,7 @@ from styleclip.models.generator import Generator
 from styleclip.models.generator_io import save_generator
 from styleclip.toyfaces import eval_clip, eval_generator
 from styleclip.toyfaces.attributes import ATTRIBUTES
+from styleclip.toyfaces.captions import PROMPT_SETS
 from styleclip.toyfaces.classifier import AttributeClassifier, save_classifier, to_img
 from styleclip.toyfaces.dataset import labels_array, make_dataset, normals_for, observable_array
 from styleclip.toyfaces.eval_generator import (
@@ -206,24 +207,26 @@ def tiny_clip() -> ClipModel:
 
 def test_evaluate_clip_on_random_model(tiny_clip):
     both = eval_clip.evaluate_clip_prompt_sets(tiny_clip, n=30, seed=5)
-    for key, heldout in (("train", False), ("heldout", True)):
-        r = both[key]
-        assert r["heldout"] is heldout and r["n"] == 30
+    assert tuple(both) == PROMPT_SETS
+    for key, r in both.items():
+        assert r["prompts"] == key and r["n"] == 30
         assert set(r["attributes"]) == set(DISCRETE)
         for name, a in r["attributes"].items():
             assert _in_unit(a["acc"]), (key, name, a)
             assert 0 < a["n"] <= 30
         assert _in_unit(r["mean_acc"]) and r["min_acc"] <= r["mean_acc"]
         assert isinstance(r["passed"], bool)
-    single = eval_clip.evaluate_clip(tiny_clip, n=30, seed=5, heldout=True)
-    assert single == both["heldout"]  # same renders, same embeddings
-    table = eval_clip.format_table(both["train"], both["heldout"])
-    assert "train-style prompts" in table and "paraphrase prompts" in table
+    for key in PROMPT_SETS:
+        assert eval_clip.evaluate_clip(tiny_clip, n=30, seed=5, prompt_set=key) == both[key]  # same renders
+    with pytest.raises(ValueError, match="prompt_set"):
+        eval_clip.evaluate_clip(tiny_clip, n=5, prompt_set="heldout")
+    table = eval_clip.format_table(*both.values())
+    assert all(f"{name} prompts" in table for name in ("train-style", "reworded", "paraphrase"))
     assert all(f"| {name} |" in table for name in DISCRETE)
 
 
 def test_class_embeddings_are_unit_rows_in_value_order(tiny_clip):
-    emb = eval_clip.class_embeddings(tiny_clip, "hat", heldout=False)
+    emb = eval_clip.class_embeddings(tiny_clip, "hat", "reworded")
     assert emb.shape == (3, tiny_clip.embed_dim)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
 
@@ -232,4 +235,4 @@ def test_eval_clip_cli_json(tmp_path, tiny_clip, capsys):
     tiny_clip.save(tmp_path / "clip.pt")
     eval_clip.main(["--n", "10", "--clip", str(tmp_path / "clip.pt"), "--json"])
     r = json.loads(capsys.readouterr().out)
-    assert set(r) == {"train", "heldout"} and set(r["train"]["attributes"]) == set(DISCRETE)
+    assert set(r) == set(PROMPT_SETS) and set(r["train"]["attributes"]) == set(DISCRETE)

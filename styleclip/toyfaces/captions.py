@@ -2,8 +2,11 @@
 
 Two phrase sets exist. `PHRASES` is what `caption()` draws from (CLIP is trained on it); `HELDOUT_PHRASES`
 holds paraphrases that `caption()` never produces, so a CLIP trained on these captions can be tested zero-shot
-on wording it has not seen. Phrases come in two grammatical slots: noun phrases used after "with" / "wearing"
-(e.g. "blond hair", "round glasses") and adjectives used before the noun (e.g. "smiling", "bald");
+on wording it has not seen. Zero-shot prompts come in three sets (`PROMPT_SETS`): "train" (PHRASES in caption
+frames), "reworded" (PHRASES in sentence frames that no training caption uses, e.g. "someone who has blond
+hair": the words are known, the prompts are not verbatim training text) and "paraphrase" (HELDOUT_PHRASES,
+words never seen in training). Phrases come in two grammatical slots: noun phrases used after "with" /
+"wearing" (e.g. "blond hair", "round glasses") and adjectives used before the noun (e.g. "smiling", "bald");
 `is_adjective` tells them apart. The continuous face_width is expressed only at its extremes ("narrow" below
 0.25, "wide" above 0.75), and attributes hidden in the render (eye colour behind sunglasses or closed eyes)
 are never mentioned.
@@ -21,6 +24,8 @@ from styleclip.toyfaces.renderer import FaceParams
 __all__ = [
     "PHRASES",
     "HELDOUT_PHRASES",
+    "PROMPT_SETS",
+    "REWORDED_FRAMES",
     "caption",
     "zero_shot_prompts",
     "is_adjective",
@@ -408,27 +413,40 @@ def _combined_hair(color: str, style: str, rng: np.random.Generator) -> tuple[st
 
 _WITH_TEMPLATES = ("a face with {}", "a photo of a person with {}", "a cartoon face with {}")
 _ADJ_TEMPLATES = ("{} face", "a photo of {} person", "{} cartoon character")
+# Frames that `caption()` and the CLIP trainer's prompt templates never produce (no "has", "looks", "is",
+# "someone", "shown"; tests/test_toyfaces_captions.py samples the training captions to hold that).
+_REWORDED_WITH_TEMPLATES = ("someone who has {}", "this character has {}", "the person shown here has {}")
+_REWORDED_ADJ_TEMPLATES = ("someone who looks {}", "this character is {}", "the person shown here looks {}")
+REWORDED_FRAMES = _REWORDED_WITH_TEMPLATES + _REWORDED_ADJ_TEMPLATES
+PROMPT_SETS = ("train", "reworded", "paraphrase")
 
 
-def zero_shot_prompts(attribute_name: str, heldout: bool = False) -> dict[str, list[str]]:
+def zero_shot_prompts(attribute_name: str, prompt_set: str = "train") -> dict[str, list[str]]:
     """Prompts for prompt-based (zero-shot) classification of one attribute.
 
     Args:
         attribute_name: an attribute of ATTRIBUTES (face_width gives the "narrow" / "wide" extremes).
-        heldout: use HELDOUT_PHRASES (never seen in training captions) instead of PHRASES.
+        prompt_set: "train" (PHRASES in caption-like frames), "reworded" (PHRASES in frames no training
+            caption uses) or "paraphrase" (HELDOUT_PHRASES, never seen in training captions, in caption-like
+            frames).
 
     Returns:
         value name -> list of prompts, e.g. {"blond": ["a face with blond hair", ...], ...}.
     """
     attribute(attribute_name)
-    table = HELDOUT_PHRASES if heldout else PHRASES
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+    table = HELDOUT_PHRASES if prompt_set == "paraphrase" else PHRASES
+    with_frames, adj_frames = ((_REWORDED_WITH_TEMPLATES, _REWORDED_ADJ_TEMPLATES) if prompt_set == "reworded"
+                               else (_WITH_TEMPLATES, _ADJ_TEMPLATES))
     out: dict[str, list[str]] = {}
     for value, phrases in table[attribute_name].items():
         prompts = []
         for p in phrases:
             if is_adjective(p):
-                prompts += [t.format(f"{_article(p)} {p}") for t in _ADJ_TEMPLATES]
+                article = "" if prompt_set == "reworded" else f"{_article(p)} "
+                prompts += [t.format(f"{article}{p}") for t in adj_frames]
             else:
-                prompts += [t.format(p) for t in _WITH_TEMPLATES]
+                prompts += [t.format(p) for t in with_frames]
         out[value] = prompts
     return out
