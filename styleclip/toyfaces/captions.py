@@ -413,8 +413,8 @@ def _combined_hair(color: str, style: str, rng: np.random.Generator) -> tuple[st
 
 _WITH_TEMPLATES = ("a face with {}", "a photo of a person with {}", "a cartoon face with {}")
 _ADJ_TEMPLATES = ("{} face", "a photo of {} person", "{} cartoon character")
-# Frames that `caption()` and the CLIP trainer's prompt templates never produce (no "has", "looks", "is",
-# "someone", "shown"; tests/test_toyfaces_captions.py samples the training captions to hold that).
+# Frames whose openings ("someone who has", "this character is", …) occur in no caption that `caption()` or
+# the CLIP trainer's prompt templates produce (tests/test_toyfaces_captions.py samples the training text).
 _REWORDED_WITH_TEMPLATES = ("someone who has {}", "this character has {}", "the person shown here has {}")
 _REWORDED_ADJ_TEMPLATES = ("someone who looks {}", "this character is {}", "the person shown here looks {}")
 REWORDED_FRAMES = _REWORDED_WITH_TEMPLATES + _REWORDED_ADJ_TEMPLATES
