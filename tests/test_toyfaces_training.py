@@ -53,6 +53,22 @@ def test_step_budget_fixes_the_total_from_the_measured_rate(monkeypatch):
     assert StepBudget(steps=3000, minutes=1.0, start_step=5000, settle=2, window=4).update(5000) == 5007
 
 
+def test_step_budget_ends_the_run_past_its_deadline_when_the_rate_was_overstated(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(budget_module.time, "time", lambda: clock[0])
+    b = StepBudget(steps=50_000, minutes=1.0, start_step=0, settle=1, window=2, overrun=1.1)
+    step, total = 0, b.update(0)
+    fixed = []
+    while step < total:
+        # 10 steps/s while measured (prefetched batches), 1 step/s after: the 60 s budget fixes ~600 steps.
+        clock[0] += 0.1 if step < 3 else 1.0
+        step += 1
+        total = b.update(step)
+        fixed.append(total)
+    assert max(fixed[3:]) > 500  # the rate measured on prefetched batches had fixed several hundred steps
+    assert 66 <= step <= 71  # ended one step past the deadline (66 s at 1 step/s after 3 quick ones)
+
+
 def test_z_layout_reads_the_pixel_normalised_z_and_keeps_the_renderers_probabilities():
     z = np.random.default_rng(0).standard_normal((4000, 128))
     # The mapping sees z / |z|.
@@ -142,6 +158,66 @@ def test_generator_trainer_smoke_run_exports_and_resumes(tmp_path, capsys):
     train_generator.main(["--steps", "4", *common])
     assert "warm_start" in capsys.readouterr().out
     assert torch.load(export, weights_only=True)["train_step"] == 4
+
+
+def test_detail_variant_changes_only_the_detail_attributes_and_the_mask_marks_where_they_show():
+    z, image, _code, mask = train_generator.make_batch(0, 3, 64, step=0, detail=True)
+    for row in z:
+        params = z_layout.params_of_z(row)
+        variant = train_generator.detail_variant(params)
+        changed = {a.name for a in ATTRIBUTES if getattr(variant, a.name) != getattr(params, a.name)}
+        assert changed == set(train_generator.DETAIL_ATTRIBUTES)
+    assert mask.shape == image.shape[:3] and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert 0.02 < mask.mean() < 0.5  # the face's small features, not the whole picture
+    assert mask[:, :8].sum() == 0  # nothing in the top rows (background, hair, hats)
+    same = train_generator.make_batch(0, 3, 64, step=0)
+    assert np.array_equal(same[1], image)  # the batch itself does not depend on the mask
+
+
+def test_pixel_weight_dilates_the_mask_and_weighted_loss_counts_masked_errors_more():
+    mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask[0, 4, 4] = 1
+    assert train_generator.pixel_weight(None, 5.0) is None
+    assert train_generator.pixel_weight(mask, 0.0) is None
+    weight = train_generator.pixel_weight(mask, 5.0)
+    assert weight.shape == (1, 1, 8, 8)
+    assert weight[0, 0, 3:6, 3:6].eq(6).all() and weight.sum() == 64 + 5 * 9
+    target = torch.zeros(1, 3, 8, 8)
+    ones = torch.ones(1, 1, 8, 8)
+    inside, outside = target.clone(), target.clone()
+    inside[..., 4, 4], outside[..., 0, 0] = 0.5, 0.5
+    for img in (inside, outside):
+        unweighted = train_generator.distillation_loss(img, target)
+        assert train_generator.distillation_loss(img, target, ones) == unweighted
+    assert (train_generator.distillation_loss(inside, target, weight)
+            > 3 * train_generator.distillation_loss(outside, target, weight))
+
+
+def test_generator_trainer_with_detail_weight_and_frozen_mapping_trains_only_the_synthesis(tmp_path):
+    state, export = tmp_path / "state.pt", tmp_path / "generator.pt"
+    train_generator.main(["--restart", "--steps", "1", "--batch", "2", "--state", str(state), "--export",
+                          str(export)])
+    before = torch.load(state, weights_only=True)["g"]
+    train_generator.main(["--steps", "3", "--batch", "2", "--mode", "e2e", "--detail-weight", "4",
+                          "--freeze-mapping", "--state", str(state), "--export", str(export)])
+    after = torch.load(state, weights_only=True)["g"]
+    mapping = [k for k in before if k.startswith("style.")]
+    synthesis = [k for k in before if not k.startswith("style.") and before[k].is_floating_point()]
+    assert mapping and all(torch.equal(before[k], after[k]) for k in mapping)
+    assert any(not torch.equal(before[k], after[k]) for k in synthesis)
+
+
+def test_generator_trainer_with_reused_renders_trains_and_resumes(tmp_path, capsys):
+    state, export = tmp_path / "state.pt", tmp_path / "generator.pt"
+    common = ["--batch", "2", "--reuse", "2", "--mode", "e2e", "--log-every", "1", "--state", str(state),
+              "--export", str(export)]
+    train_generator.main(["--restart", "--steps", "3", *common])
+    train_generator.main(["--steps", "5", *common])  # resumes at an odd step: the buffer refills
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    losses = [entry["loss"] for entry in logged if "step" in entry]
+    assert [entry["step"] for entry in logged if "step" in entry] == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert torch.load(export, weights_only=True)["train_step"] == 5
 
 
 def test_clip_trainer_smoke_run_exports_a_loadable_clip(tmp_path):

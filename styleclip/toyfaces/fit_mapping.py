@@ -53,7 +53,7 @@ def _blocks() -> list[tuple[str, int, int]]:
 def _alternatives(code: torch.Tensor, offset: int, width: int) -> torch.Tensor:
     """[N, width, CODE_DIM]: the code with the attribute at `offset` set to each of its values in turn."""
     alt = code[:, None, :].repeat(1, width, 1)
-    alt[:, :, offset:offset + width] = torch.eye(width)
+    alt[:, :, offset:offset + width] = torch.eye(width, device=code.device)
     return alt
 
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", action="store_true", help="start the mapping from a new initialisation")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="e.g. cuda: the fit renders nothing, so it runs there whole")
     p.add_argument("--log-every", type=int, default=1000)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         rebuilt.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith("style.")},
                                 strict=False)  # a fresh mapping of the new depth, the same synthesis
         g = rebuilt.train()
-    mapping = g.style.requires_grad_(True)
+    device = torch.device(args.device)
+    encoder = encoder.to(device)
+    mapping = g.style.requires_grad_(True).to(device)
     params = list(mapping.parameters())
     if args.sharpness:
         units = set_threshold_layers(mapping, args.sharpness)
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     z_np, code_np = code_pool(args.pool, args.seed)
-    z_val, code_val = (torch.from_numpy(a) for a in code_pool(4096, args.seed + 1))
-    z_all, code_all = torch.from_numpy(z_np), torch.from_numpy(code_np)
+    z_val, code_val = (torch.from_numpy(a).to(device) for a in code_pool(4096, args.seed + 1))
+    z_all, code_all = torch.from_numpy(z_np).to(device), torch.from_numpy(code_np).to(device)
     with torch.no_grad():
         w_var = float(encoder(code_all[:20_000]).var(0).mean())
     print(json.dumps({"pool": args.pool, "pool_s": round(time.time() - t0, 1), "w_var": round(w_var, 5),
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = args.lr / lr_mul * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        idx = torch.from_numpy(rng.integers(0, args.pool, args.batch))
+        idx = torch.from_numpy(rng.integers(0, args.pool, args.batch)).to(device)
         loss = mapping_loss(encoder, mapping(z_all[idx]), code_all[idx], w_var, blocks, args.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                               "s": round(time.time() - t0, 1)}), flush=True)
     agree = agreement(mapping, encoder, z_val, code_val)
     print(json.dumps({"agreement": agree}), flush=True)
-    g = g.eval().requires_grad_(False)
+    g = g.cpu().eval().requires_grad_(False)
     z = torch.from_numpy(np.random.RandomState(123).randn(20_000, g.style_dim).astype(np.float32))
     with torch.no_grad():
         g.latent_avg.copy_(g.mapping(z).mean(0))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -40,10 +41,12 @@ from torch import nn
 
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import save_generator
+from .attributes import ATTRIBUTES
 from .budget import StepBudget
 from .classifier import to_img
 from .prefetch import batches
-from .renderer import render_batch
+from .renderer import FaceParams, render_batch
+from .replay import replayed
 from .z_layout import CODE_DIM, attribute_code, params_of_z, set_threshold_layers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,14 +55,44 @@ DEFAULT_EXPORT = REPO / "assets" / "toyfaces" / "generator.pt"
 MAPPING_LR_BOOST = 100.0
 CONFIG = GeneratorConfig(size=64, style_dim=128, n_mlp=4, channel_table=(256, 256, 192, 96, 48))
 MIX_START, MIX_FULL, MIX_MAX = 0.3, 0.7, 0.5  # run fractions / batch share rendered through mapping(z)
+# The small features the shipped generator blurs into their most common value (model card); --detail-weight
+# weights their pixels in the loss. A pixel is theirs when changing them changes it by more than DETAIL_THRESHOLD.
+DETAIL_ATTRIBUTES = ("eye_color", "mouth", "earrings", "lipstick", "blush", "nose", "facial_hair", "age")
+DETAIL_THRESHOLD = 24
 
 
-def make_batch(seed: int, batch: int, size: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The training batch of `step`: (z [B, D] float32, image [B, size, size, 3] uint8, code [B, CODE_DIM])."""
+def detail_variant(params: FaceParams) -> FaceParams:
+    """The same face with every DETAIL_ATTRIBUTES value moved to the next value of its attribute (cyclically)."""
+    values = {a.name: a.values for a in ATTRIBUTES}
+    return dataclasses.replace(params, **{
+        name: values[name][(values[name].index(getattr(params, name)) + 1) % len(values[name])]
+        for name in DETAIL_ATTRIBUTES})
+
+
+def detail_mask(params: list[FaceParams], images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [B, size, size], 1 where a face's DETAIL_ATTRIBUTES show: the pixels that change when they change."""
+    variants = render_batch([detail_variant(p) for p in params], size)
+    change = np.abs(images.astype(np.int16) - variants.astype(np.int16)).max(axis=-1)
+    return (change > DETAIL_THRESHOLD).astype(np.uint8)
+
+
+def make_batch(seed: int, batch: int, size: int, step: int, detail: bool = False) -> tuple[np.ndarray, ...]:
+    """The training batch of `step`: (z [B, D] float32, image [B, size, size, 3] uint8, code [B, CODE_DIM]), and
+    with `detail` the detail mask [B, size, size] uint8 (one more render per face)."""
     z = np.random.default_rng([seed, step]).standard_normal((batch, CONFIG.style_dim)).astype(np.float32)
     params = [params_of_z(row) for row in z]
     codes = np.stack([attribute_code(p) for p in params])
-    return z, render_batch(params, size), codes
+    images = render_batch(params, size)
+    return (z, images, codes, detail_mask(params, images, size)) if detail else (z, images, codes)
+
+
+def pixel_weight(mask: torch.Tensor | None, detail_weight: float) -> torch.Tensor | None:
+    """Detail mask uint8 [B, H, W] -> loss weight [B, 1, H, W]: 1, and 1 + detail_weight on the detail pixels
+    and their neighbours (a 3x3 dilation, so the features' outlines count too). None without a mask."""
+    if mask is None or not detail_weight:
+        return None
+    grown = F.max_pool2d(mask[:, None].float(), 3, stride=1, padding=1)
+    return 1.0 + detail_weight * grown
 
 
 class CodeEncoder(nn.Module):
@@ -78,11 +111,20 @@ def _edges(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return img[..., 1:, :] - img[..., :-1, :], img[..., :, 1:] - img[..., :, :-1]
 
 
-def distillation_loss(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 on pixels, on image gradients (keeps edges sharp) and at half resolution (layout first)."""
-    loss = (img - target).abs().mean()
-    for a, b in zip(_edges(img), _edges(target)):
-        loss = loss + (a - b).abs().mean()
+def _edge_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel weight [B, 1, H, W] -> the weights of the vertical and horizontal image-gradient terms (each the
+    larger of its two pixels')."""
+    return (torch.maximum(weight[..., 1:, :], weight[..., :-1, :]),
+            torch.maximum(weight[..., :, 1:], weight[..., :, :-1]))
+
+
+def distillation_loss(img: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 on pixels, on image gradients (keeps edges sharp) and at half resolution (layout first); `weight`
+    [B, 1, H, W] (see pixel_weight) weights the full-resolution terms per pixel."""
+    pixel_w, edge_w = (1.0, (1.0, 1.0)) if weight is None else (weight, _edge_weights(weight))
+    loss = ((img - target).abs() * pixel_w).mean()
+    for a, b, w in zip(_edges(img), _edges(target), edge_w):
+        loss = loss + ((a - b).abs() * w).mean()
     return loss + (F.avg_pool2d(img, 2) - F.avg_pool2d(target, 2)).abs().mean()
 
 
@@ -93,7 +135,7 @@ def mix_fraction(step: int, total: int) -> float:
 
 
 def training_loss(g: Generator, encoder: CodeEncoder, z: torch.Tensor, code: torch.Tensor, target: torch.Tensor,
-                  mix: float) -> tuple[torch.Tensor, dict[str, float]]:
+                  mix: float, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Pixel distillation of the synthesis (from the code's w, and from mapping(z) for a `mix` share of the
     batch) plus the mapping's regression onto the code's w."""
     w_code = encoder(code)
@@ -101,7 +143,7 @@ def training_loss(g: Generator, encoder: CodeEncoder, z: torch.Tensor, code: tor
     n_map = int(round(mix * z.shape[0]))
     w = torch.cat([w_map[:n_map], w_code[n_map:]]) if n_map else w_code
     img = g.synthesis_w_plus(g.w_to_w_plus(w))
-    pixel = distillation_loss(img, target)
+    pixel = distillation_loss(img, target, weight)
     mapping = F.mse_loss(w_map, w_code.detach())
     return pixel + mapping, {"pixel": pixel.item(), "mapping": mapping.item()}
 
@@ -206,15 +248,26 @@ def train(args: argparse.Namespace) -> None:
     if args.export_only:
         export(state, Path(args.export))
         return
-    stream = batches(functools.partial(make_batch, state["seed"], args.batch, state["g"].size), state["step"],
-                     args.workers)
+    # With --reuse R each rendered batch serves R steps (a GPU outpaces the render workers); render index
+    # step // R keeps the rendered faces a function of the step.
+    renders = batches(functools.partial(make_batch, state["seed"], args.batch, state["g"].size,
+                                        detail=args.detail_weight > 0),
+                      state["step"] // args.reuse, args.workers)
+    stream = replayed(renders, args.reuse, args.batch, state["seed"], state["step"], device)
     g, g_ema, encoder = state["g"].to(device), state["g_ema"].to(device), state["encoder"].to(device)
+    if args.freeze_mapping:
+        # End-to-end pixel gradients let the mapping drop the small attributes the synthesis does not draw yet
+        # (benchmarks/bench_generator_latents.py); frozen, it keeps what fit_mapping gave it. Parameters
+        # without a gradient are skipped by Adam.
+        g.style.requires_grad_(False)
     opt = state["opt"]
     opt.load_state_dict(opt.state_dict())  # moves the moments onto the parameters' device
     state_path = Path(args.state)
     t_start, last_save, start_step = time.time(), time.time(), state["step"]
     running, parts = None, {}
-    budget = StepBudget(args.steps, args.minutes, start_step)
+    # Measure the rate only once the batches rendered ahead of the loop are used up.
+    budget = StepBudget(args.steps, args.minutes, start_step, settle=20 + 2 * args.workers * args.reuse,
+                        window=100)
     total = budget.total
     if total <= start_step:
         raise SystemExit(f"nothing to train: the run is at step {start_step} and --steps {args.steps} counts from "
@@ -222,16 +275,15 @@ def train(args: argparse.Namespace) -> None:
     while state["step"] < total:
         step = state["step"]
         total = budget.update(step)
-        z, image, code = next(stream)
-        z, code = torch.from_numpy(z).to(device), torch.from_numpy(code).to(device)
-        target = to_img(torch.from_numpy(image).to(device))
+        z, image, code, *mask = next(stream)
+        target, weight = to_img(image), pixel_weight(mask[0] if mask else None, args.detail_weight)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup) * group.get("lr_scale", 1.0)
         if args.mode == "e2e":
-            pixel = distillation_loss(g(z), target)
+            pixel = distillation_loss(g(z), target, weight)
             loss, parts_now = pixel, {"pixel": pixel.item()}
         else:
-            loss, parts_now = training_loss(g, encoder, z, code, target, mix_fraction(step, total))
+            loss, parts_now = training_loss(g, encoder, z, code, target, mix_fraction(step, total), weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -267,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: inline)")
+    p.add_argument("--reuse", type=int, default=1,
+                   help="steps each rendered batch serves, drawn at random from a buffer of recent renders "
+                        "(for a GPU that outpaces the render workers; 1 = every sample fresh)")
     p.add_argument("--state", default=str(DEFAULT_STATE), help="training state (resumed when present)")
     p.add_argument("--export", default=str(DEFAULT_EXPORT), help="where the shipped fp16 generator goes")
     p.add_argument("--init", default="", help="export to continue from when there is no state (default: --export)")
@@ -277,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
                         "e2e: plain pixel distillation of G(z) (fine-tuning after fit_mapping)")
     p.add_argument("--sharpness", type=float, default=0.0,
                    help="fresh runs: build the mapping's first layers as threshold detectors of this sharpness")
+    p.add_argument("--detail-weight", type=float, default=0.0,
+                   help="extra loss weight on the pixels of the small features (DETAIL_ATTRIBUTES), found by "
+                        "rendering each face again with them changed (0: off, one render per face)")
+    p.add_argument("--freeze-mapping", action="store_true",
+                   help="train the synthesis only (for --mode e2e after fit_mapping)")
     p.add_argument("--restart", action="store_true", help="ignore an existing state")
     p.add_argument("--export-only", action="store_true")
     train(p.parse_args(argv))

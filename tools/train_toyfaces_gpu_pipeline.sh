@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The embedded generator's three stages in one GPU call (a 15-minute loan leaves room for one machine start):
+#
+#   tools/train_toyfaces_gpu_pipeline.sh OUTDIR [STAGE1_MINUTES] [STAGE3_MINUTES]
+#
+#   stage 1  synthesis from the attribute code, from scratch            (train_toyfaces_gpu.sh, --mode code)
+#   stage 2  the mapping rebuilt as threshold detectors and fitted      (fit_mapping, on the same device)
+#   stage 3  end-to-end pixel distillation with the mapping frozen      (train_toyfaces_gpu.sh, --mode e2e)
+#
+# Both pixel stages weight the small features' pixels (train_generator --detail-weight, DETAIL, default 4): the
+# shipped generator draws mouth, eye colour, earrings, lipstick, blush, nose and wrinkles as their most common
+# value, and its end-to-end stage let the mapping drop them (benchmarks/bench_generator_latents.py), hence the
+# frozen mapping in stage 3. Writes OUTDIR/stage1/, OUTDIR/stage2.{pt,log}, OUTDIR/stage3/ (its generator.pt is
+# the result); the training states go under STATEDIR (default OUTDIR), which can be kept out of a size-limited
+# OUTDIR. G_BATCH (128) and G_REUSE (4) as in train_toyfaces_gpu.sh.
+set -eu
+OUTDIR=${1:?usage: $0 OUTDIR [STAGE1_MINUTES] [STAGE3_MINUTES]}
+STAGE1_MINUTES=${2:-5}
+STAGE3_MINUTES=${3:-2.5}
+DETAIL=${DETAIL:-4}
+STATEDIR=${STATEDIR:-$OUTDIR}
+export TRAIN_CLIP=0 DEVICE=${DEVICE:-cuda} G_BATCH=${G_BATCH:-128} G_REUSE=${G_REUSE:-4}
+HERE=$(dirname "$0")
+mkdir -p "$OUTDIR"
+
+STATEDIR="$STATEDIR/stage1" G_EXTRA="--detail-weight $DETAIL" \
+  bash "$HERE/train_toyfaces_gpu.sh" "$OUTDIR/stage1" "$STAGE1_MINUTES"
+python3 -m styleclip.toyfaces.fit_mapping --generator "$OUTDIR/stage1/generator.pt" --out "$OUTDIR/stage2.pt" \
+  --n-mlp 6 --fresh --sharpness 30 --steps 8000 --pool 100000 --lr 3e-3 --device "$DEVICE" \
+  --threads "$(nproc)" >"$OUTDIR/stage2.log" 2>&1
+tail -n 1 "$OUTDIR/stage2.log"
+STATEDIR="$STATEDIR/stage3" G_INIT="$OUTDIR/stage2.pt" G_EXTRA="--detail-weight $DETAIL --freeze-mapping" \
+  bash "$HERE/train_toyfaces_gpu.sh" "$OUTDIR/stage3" "$STAGE3_MINUTES"
