@@ -8,7 +8,7 @@ table, or one JSON object with `--json`.
     python benchmarks/bench_edits.py --engine optimization [--steps K] [--l2 0.008] [--json]
 
 Seeds are 0 … N-1 in the app's convention (`--first-seed 50` for held-out sources; `--edit-set heldout` for
-12 edits no setting was tuned on). Without --beta, beta is chosen per text pair by auto-beta, as the app.
+12 edits no setting was tuned on; `--edit-set all` for both, 23 edits). Without --beta, beta is chosen per text pair by auto-beta, as the app.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from styleclip.studio import Studio
 from styleclip.toyfaces.classifier import load_classifier
 
 ENGINES = ("global", "mapper", "optimization")
+EDIT_SETS = {"benchmark": BENCHMARK_EDITS, "heldout": HELDOUT_EDITS, "all": BENCHMARK_EDITS + HELDOUT_EDITS}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="toyfaces", help="model bundle (the classifier reads toyfaces only)")
     p.add_argument("--seeds", type=int, default=50, help="number of source seeds, first … first+N-1")
     p.add_argument("--first-seed", type=int, default=0, help="the first source seed (50 with --seeds 50: held out)")
-    p.add_argument("--edit-set", choices=("benchmark", "heldout"), default="benchmark",
-                   help="the benchmark edits, or the held-out ones no setting was tuned on (global, optimization)")
+    p.add_argument("--edit-set", choices=tuple(EDIT_SETS), default="benchmark",
+                   help="the benchmark edits, the held-out ones no setting was tuned on (global, optimization), "
+                        "or all of them")
     p.add_argument("--edits", default="", help="comma-separated edit names (default: all of the set)")
     p.add_argument("--alpha", type=float, default=4.1, help="global: strength")
     p.add_argument("--beta", type=float, default=None, help="global: threshold (default: auto-beta per pair)")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--seeds must be at least 1 and --first-seed at least 0")
     torch.set_num_threads(args.threads)
 
-    specs = list(BENCHMARK_EDITS if args.edit_set == "benchmark" else HELDOUT_EDITS)
+    specs = list(EDIT_SETS[args.edit_set])
     if args.edits:
         wanted = [e.strip() for e in args.edits.split(",") if e.strip()]
         unknown = sorted(set(wanted) - {s.name for s in specs})

@@ -7,7 +7,8 @@
 # Generator stage, by G_INIT:
 #   unset     stage 1: from scratch, synthesis from the attribute code (train_generator --mode code)
 #   a file    stage 3: end-to-end pixel distillation of G(z) from that export (--mode e2e), normally the output
-#             of stage 2, `python -m styleclip.toyfaces.fit_mapping` on a CPU
+#             of stage 2, `python -m styleclip.toyfaces.fit_mapping` on a CPU; with G_MODE=code, stage 1
+#             continued from that export (its code encoder included) instead
 # CLIP continues from CLIP_INIT (default: the shipped weights), half of each batch in contrast groups; TRAIN_CLIP=0
 # trains the generator alone, with all but one core rendering for it.
 # G_BATCH (default 64) and G_REUSE (default 1: every sample fresh; R: each rendered batch serves R steps, drawn
@@ -31,7 +32,7 @@ export PYTHONUNBUFFERED=1 STYLECLIP_OPS_IMPL=ref
 if [ -z "${G_INIT:-}" ]; then
   G_ARGS=(--restart --mode code --steps 20000 --ema 0.998 --warmup 300)
 else
-  G_ARGS=(--init "$G_INIT" --mode e2e --steps 40000 --ema 0.998)
+  G_ARGS=(--init "$G_INIT" --mode "${G_MODE:-e2e}" --steps 40000 --ema 0.998)
 fi
 # shellcheck disable=SC2086  # G_EXTRA is a list of options
 python3 -m styleclip.toyfaces.train_generator "${G_ARGS[@]}" ${G_EXTRA:-} --device "$DEVICE" --workers "$G_WORKERS" \

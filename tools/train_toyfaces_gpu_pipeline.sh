@@ -4,6 +4,7 @@
 #   tools/train_toyfaces_gpu_pipeline.sh OUTDIR [STAGE1_MINUTES] [STAGE3_MINUTES]
 #
 #   stage 1  synthesis from the attribute code, from scratch            (train_toyfaces_gpu.sh, --mode code)
+#            or, with STAGE1_INIT=EXPORT, continued from that export and its code encoder
 #   stage 2  the mapping rebuilt as threshold detectors and fitted      (fit_mapping, on the same device)
 #   stage 3  end-to-end pixel distillation with the mapping frozen      (train_toyfaces_gpu.sh, --mode e2e)
 #
@@ -23,7 +24,7 @@ export TRAIN_CLIP=0 DEVICE=${DEVICE:-cuda} G_BATCH=${G_BATCH:-128} G_REUSE=${G_R
 HERE=$(dirname "$0")
 mkdir -p "$OUTDIR"
 
-STATEDIR="$STATEDIR/stage1" G_EXTRA="--detail-weight $DETAIL" \
+STATEDIR="$STATEDIR/stage1" G_EXTRA="--detail-weight $DETAIL" G_INIT=${STAGE1_INIT:-} G_MODE=code \
   bash "$HERE/train_toyfaces_gpu.sh" "$OUTDIR/stage1" "$STAGE1_MINUTES"
 python3 -m styleclip.toyfaces.fit_mapping --generator "$OUTDIR/stage1/generator.pt" --out "$OUTDIR/stage2.pt" \
   --n-mlp 6 --fresh --sharpness 30 --steps 8000 --pool 100000 --lr 3e-3 --device "$DEVICE" \
