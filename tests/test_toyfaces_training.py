@@ -218,6 +218,10 @@ def test_generator_trainer_with_reused_renders_trains_and_resumes(tmp_path, caps
     assert [entry["step"] for entry in logged if "step" in entry] == [1, 2, 3, 4, 5]
     assert all(math.isfinite(loss) for loss in losses)
     assert torch.load(export, weights_only=True)["train_step"] == 5
+    for bad in (["--reuse", "0"], ["--detail-weight", "-1"]):
+        with pytest.raises(SystemExit):
+            train_generator.main([*bad, "--state", str(state), "--export", str(export)])
+    assert "--reuse must be at least 1" in capsys.readouterr().err
 
 
 def test_clip_trainer_smoke_run_exports_a_loadable_clip(tmp_path):

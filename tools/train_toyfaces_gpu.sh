@@ -13,7 +13,7 @@
 # trains the generator alone, with all but one core rendering for it.
 # G_BATCH (default 64) and G_REUSE (default 1: every sample fresh; R: each rendered batch serves R steps, drawn
 # from a buffer of recent renders, for when the GPU outpaces the render workers) set the generator's batches;
-# G_EXTRA adds train_generator options (e.g. "--detail-weight 4 --freeze-mapping").
+# G_EXTRA adds train_generator options (e.g. "--detail-weight 16 --freeze-mapping").
 # Writes OUTDIR/{generator.pt,clip.pt,generator.log,clip.log}; each log names the step count the budget allowed,
 # and `--steps N` with that count reproduces the run on any device.
 set -u

@@ -8,7 +8,7 @@
 #   stage 2  the mapping rebuilt as threshold detectors and fitted      (fit_mapping, on the same device)
 #   stage 3  end-to-end pixel distillation with the mapping frozen      (train_toyfaces_gpu.sh, --mode e2e)
 #
-# Both pixel stages weight the small features' pixels (train_generator --detail-weight, DETAIL, default 4): the
+# Both pixel stages weight the small features' pixels (train_generator --detail-weight, DETAIL, default 16): the
 # shipped generator draws mouth, eye colour, earrings, lipstick, blush, nose and wrinkles as their most common
 # value, and its end-to-end stage let the mapping drop them (benchmarks/bench_generator_latents.py), hence the
 # frozen mapping in stage 3. Writes OUTDIR/stage1/, OUTDIR/stage2.{pt,log}, OUTDIR/stage3/ (its generator.pt is
@@ -18,7 +18,7 @@ set -eu
 OUTDIR=${1:?usage: $0 OUTDIR [STAGE1_MINUTES] [STAGE3_MINUTES]}
 STAGE1_MINUTES=${2:-5}
 STAGE3_MINUTES=${3:-2.5}
-DETAIL=${DETAIL:-4}
+DETAIL=${DETAIL:-16}
 STATEDIR=${STATEDIR:-$OUTDIR}
 export TRAIN_CLIP=0 DEVICE=${DEVICE:-cuda} G_BATCH=${G_BATCH:-128} G_REUSE=${G_REUSE:-4}
 HERE=$(dirname "$0")

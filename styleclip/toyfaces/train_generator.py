@@ -339,7 +339,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="train the synthesis only (for --mode e2e after fit_mapping)")
     p.add_argument("--restart", action="store_true", help="ignore an existing state")
     p.add_argument("--export-only", action="store_true")
-    train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.reuse < 1 or args.detail_weight < 0:
+        p.error(f"--reuse must be at least 1 and --detail-weight at least 0, got {args.reuse} and "
+                f"{args.detail_weight}")
+    train(args)
 
 
 if __name__ == "__main__":
