@@ -38,8 +38,12 @@ fi
 python3 -m styleclip.toyfaces.train_generator "${G_ARGS[@]}" ${G_EXTRA:-} --device "$DEVICE" --workers "$G_WORKERS" \
   --batch "$G_BATCH" --reuse "$G_REUSE" --minutes "$MINUTES" --log-every 200 --save-minutes 2 \
   --state "$STATEDIR/generator_state.pt" --export "$OUTDIR/generator.pt" >"$OUTDIR/generator.log" 2>&1 &
+G_PID=$!
 [ "$TRAIN_CLIP" = 1 ] && python3 -m styleclip.toyfaces.train_clip --device "$DEVICE" --workers $((CPUS / 2 - 2)) --batch 256 \
   --minutes "$MINUTES" --steps 8000 --log-every 50 --save-minutes 2 --init "$CLIP_INIT" --group-frac 0.5 \
   --state "$STATEDIR/clip_state.pt" --export "$OUTDIR/clip.pt" >"$OUTDIR/clip.log" 2>&1 &
+wait "$G_PID"
+G_STATUS=$?  # the generator's exit status is the script's, so a pipeline stops when its trainer fails
 wait
 tail -n 3 "$OUTDIR"/*.log
+exit "$G_STATUS"
