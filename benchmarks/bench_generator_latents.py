@@ -34,7 +34,7 @@ from styleclip.models.generator_io import load_generator
 from styleclip.toyfaces.attributes import ATTRIBUTES
 from styleclip.toyfaces.classifier import load_classifier
 from styleclip.toyfaces.renderer import labels_of, render_batch
-from styleclip.toyfaces.train_generator import CodeEncoder
+from styleclip.toyfaces.train_generator import CodeEncoder, code_encoder_weights
 from styleclip.toyfaces.z_layout import attribute_code, params_of_z
 
 RIDGE = 1e-2
@@ -104,11 +104,8 @@ def flip_table(generator, encoder: CodeEncoder, z: np.ndarray) -> dict[str, tupl
 
 def load_code_encoder(path: str, style_dim: int) -> CodeEncoder:
     """The code encoder stored beside a train_generator export, in eval mode."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "code_encoder" not in ckpt:
-        raise SystemExit(f"{path} has no code encoder: --render and --flips need an export of train_generator")
     encoder = CodeEncoder(style_dim)
-    encoder.load_state_dict({k: v.float() for k, v in ckpt["code_encoder"].items()})
+    encoder.load_state_dict(code_encoder_weights(torch.load(path, map_location="cpu", weights_only=True), path))
     return encoder.eval()
 
 
@@ -138,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         y = np.array([row[attribute.name] for row in labels])
         majority = np.bincount(y[args.train:]).max() / args.test
         print(f"| {attribute.name} | {probe_accuracy(w, y, args.train):.3f} | {majority:.3f} |")
+    encoder = load_code_encoder(args.generator, g.style_dim) if args.render or args.flips else None
     if args.render:
-        encoder = load_code_encoder(args.generator, g.style_dim)
         rng = np.random.default_rng(args.seed + 1)
         z_render = rng.standard_normal((args.render, g.style_dim)).astype(np.float32)
         agreement = render_agreement(g, encoder, z_render)
@@ -150,7 +147,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {agreement['mapping'][name]:.3f} | {agreement['code'][name]:.3f} |")
 
     if args.flips:
-        encoder = load_code_encoder(args.generator, g.style_dim)
         z_flip = np.random.default_rng(args.seed + 2).standard_normal((args.flips, g.style_dim)).astype(np.float32)
         print(f"\nOne attribute moved to its next value, {args.flips} faces\n")
         print("| attribute | \\|Δw_code\\| / spread | generator pixel change | renderer pixel change |")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import load_generator, save_generator
 from .attributes import ATTRIBUTES
-from .train_generator import CONFIG, CodeEncoder
+from .train_generator import CONFIG, CodeEncoder, code_encoder_weights
 from .z_layout import attribute_code, params_of_z, set_threshold_layers
 
 
@@ -115,11 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
 
     ckpt = torch.load(args.generator, map_location="cpu", weights_only=True)
-    if "code_encoder" not in ckpt:
-        raise SystemExit(f"{args.generator} has no code encoder: it was not written by train_generator")
+    encoder_weights = code_encoder_weights(ckpt, args.generator)
     g = load_generator(args.generator).float().train()
     encoder = CodeEncoder(g.style_dim)
-    encoder.load_state_dict({k: v.float() for k, v in ckpt["code_encoder"].items()})
+    encoder.load_state_dict(encoder_weights)
     encoder.requires_grad_(False)
     lr_mul = g.config.lr_mlp
     if args.fresh or args.n_mlp and args.n_mlp != g.config.n_mlp:

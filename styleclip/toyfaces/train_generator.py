@@ -107,6 +107,14 @@ class CodeEncoder(nn.Module):
         return F.leaky_relu(self.net(code), 0.2) * math.sqrt(2)
 
 
+def code_encoder_weights(ckpt: dict, source: str | Path) -> dict[str, torch.Tensor]:
+    """The code encoder's float weights from an export of this trainer (`ckpt`, read from `source`)."""
+    if "code_encoder" not in ckpt:
+        raise SystemExit(f"{source} has no code encoder: it was not written by train_generator (or by an older "
+                         "version of it; start over with --restart)")
+    return {k: v.float() for k, v in ckpt["code_encoder"].items()}
+
+
 def _edges(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return img[..., 1:, :] - img[..., :-1, :], img[..., :, 1:] - img[..., :, :-1]
 
@@ -207,13 +215,12 @@ def warm_start(export_path: Path, seed: int) -> dict:
     """A new session has no runs/ folder (it is not committed): continue from an fp16 export (with the code
     encoder stored beside it) and its recorded step. The optimizer moments restart."""
     ckpt = torch.load(export_path, map_location="cpu", weights_only=True)
-    if "code_encoder" not in ckpt:
-        raise SystemExit(f"{export_path} has no code encoder (older trainer); start over with --restart")
+    encoder_weights = code_encoder_weights(ckpt, export_path)
     state = make_state(seed, GeneratorConfig.from_dict(ckpt["config"]), float(ckpt.get("threshold_sharpness", 0)))
     weights = {k: v.float() for k, v in ckpt["g_ema"].items()}
     state["g"].load_state_dict(weights, strict=False)
     state["g_ema"].load_state_dict(weights, strict=False)
-    state["encoder"].load_state_dict({k: v.float() for k, v in ckpt["code_encoder"].items()})
+    state["encoder"].load_state_dict(encoder_weights)
     state["step"] = int(ckpt.get("train_step", 0))
     print(json.dumps({"warm_start": str(export_path), "step": state["step"], "n_mlp": state["g"].config.n_mlp,
                       "sharpness": state["sharpness"]}), flush=True)
