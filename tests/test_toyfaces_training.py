@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from styleclip.models.clip_model import ClipModel
-from styleclip.models.generator_io import load_generator
+from styleclip.models.generator_io import load_generator, save_generator
 from styleclip.toyfaces import budget as budget_module
 from styleclip.toyfaces import fit_mapping, train_clip, train_generator, z_layout
 from styleclip.toyfaces.attributes import ATTRIBUTES
@@ -422,3 +422,37 @@ def test_fit_mapping_smoke_run_builds_frozen_thresholds_and_records_the_fit(tmp_
     # The stored first layers are the threshold detectors, which a warm start freezes again.
     state = train_generator.warm_start(out, seed=0)
     assert state["sharpness"] == 30.0 and not state["g"].style[1].weight.requires_grad
+
+
+def test_adversarial_consistency_finds_a_worse_perturbation_than_noise_and_trains_it_away(tmp_path):
+    from styleclip.models.clip_model import build_small_clip
+
+    model = build_small_clip(**train_clip.MODEL_KWARGS, seed=0)
+    img = train_clip.batch_at(0, 0, 6, 0.4)[0]
+    seeded = functools.partial(torch.Generator().manual_seed, 5)
+    assert train_clip.adversarial_consistency(model, img, 0.0, 2, seeded()).item() == pytest.approx(0.0, abs=1e-6)
+    attacked = train_clip.adversarial_consistency(model, img, 0.03, 2, seeded())
+    noise = (torch.rand(img.shape, generator=seeded()) * 2 - 1) * 0.03
+    with torch.no_grad():
+        clean = train_clip.image_features_of(model, img)
+        by_noise = (train_clip.image_features_of(model, img + noise) - clean).pow(2).sum(-1).mean()
+    assert attacked > 2 * by_noise
+    again = train_clip.adversarial_consistency(model, img, 0.03, 2, seeded())
+    torch.testing.assert_close(again, attacked)  # the same random start, the same perturbation
+    attacked.backward()  # the term trains the image tower only
+    assert model.visual.conv1.weight.grad is not None and model.token_embedding.weight.grad is None
+
+    generator = make_tiny_generator()
+    fakes = train_clip.generated_batch(generator, 3, 0.5, 64, torch.Generator().manual_seed(1))
+    assert fakes.shape == (3, 3, 64, 64) and fakes.abs().max() <= 1
+    torch.testing.assert_close(train_clip.generated_batch(generator, 3, 0.5, 64, torch.Generator().manual_seed(1)),
+                               fakes)
+    still = train_clip.generated_batch(generator, 3, 0.0, 64, torch.Generator().manual_seed(1))
+    assert (still - fakes).abs().mean() > 1e-3  # the W+ jitter moves the pictures
+
+    gen_path, state, export = tmp_path / "g.pt", tmp_path / "state.pt", tmp_path / "clip.pt"
+    save_generator(generator, gen_path)
+    train_clip.main(["--restart", "--steps", "2", "--batch", "4", "--log-every", "1", "--adv-weight", "4",
+                     "--adv-generated", "2", "--adv-generator", str(gen_path), "--state", str(state),
+                     "--export", str(export)])
+    assert torch.load(export, weights_only=True)["train_step"] == 2

@@ -31,6 +31,11 @@ swapped captions then teach the text tower the same words (BENCHMARKS.md, "Attri
         --export runs/clip_heads/clip.pt --new-schedule --warmup 50 --negatives 4 \
         --negative-attrs mouth,facial_hair,earrings,lipstick,blush,nose,age,hair_style,glasses --attr-heads 10 \
         --batch 48 --lr 2e-4 --minutes 65 --workers 1
+
+Adversarial consistency (`--adv-weight W`): the image embedding of each render (and of `--adv-generated N`
+generator pictures) must hold still under the worst pixel perturbation of size `--adv-eps`, so that a CLIP loss
+descended through the generator pays for content, not for invisible shifts (BENCHMARKS.md, "A CLIP that a small
+perturbation cannot move"); add `--adv-weight 4` to the command above.
 """
 
 from __future__ import annotations
@@ -323,6 +328,55 @@ def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_to
     return loss
 
 
+def adversarial_delta(model, img: torch.Tensor, eps: float, steps: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """The perturbation [B, 3, H, W], |delta| <= eps per pixel (img's [-1, 1] units), that `steps` signed-gradient
+    steps from a random start find to move the unit image embedding of img [B, 3, H, W] furthest from its own.
+    Gradients reach delta only (the model's parameters get none)."""
+    with torch.no_grad():
+        target = image_features_of(model, img)
+    delta = (torch.rand(img.shape, generator=generator, device=img.device) * 2 - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        gap = (image_features_of(model, img + delta) - target).pow(2).sum(-1).mean()
+        (grad,) = torch.autograd.grad(gap, delta)
+        delta = (delta.detach() + 0.75 * eps * grad.sign()).clamp(-eps, eps)
+    return delta
+
+
+def adversarial_consistency(model, img: torch.Tensor, eps: float, steps: int,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean squared distance between the unit image embeddings of img [B, 3, H, W] and of img + adversarial_delta;
+    the clean embedding is the fixed target, so the term trains the image tower to hold its embedding.
+
+    Why: a perturbation of 0.03 moves this small CLIP's embedding to cosine 0.6 with its own, so an optimizer that
+    descends a CLIP loss through a generator finds colour and lighting shifts before the edit (BENCHMARKS.md,
+    "Optimization: the objective's minimum is not the edit"); robust image towers have gradients that follow the
+    picture's content.
+    """
+    delta = adversarial_delta(model, img, eps, steps, generator)
+    with torch.no_grad():
+        target = image_features_of(model, img)
+    return (image_features_of(model, img + delta) - target).pow(2).sum(-1).mean()
+
+
+def generated_batch(generator, n: int, jitter: float, resolution: int,
+                    rng: torch.Generator | None = None) -> torch.Tensor:
+    """img [n, 3, resolution, resolution] from random z through `generator`, each W+ row moved by `jitter` times
+    w's per-dimension spread (so the pictures also cover the off-distribution latents an optimizer reaches).
+    No labels are needed: the adversarial term only asks the embedding to hold still."""
+    with torch.no_grad():
+        device = generator.latent_avg.device
+        z = torch.randn(n, generator.config.style_dim, generator=rng, device=device)
+        w_plus = generator.z_to_w_plus(z)
+        spread = w_plus[:, 0].std(0)
+        w_plus = w_plus + jitter * spread * torch.randn(w_plus.shape, generator=rng, device=device)
+        img = generator.synthesis_w_plus(w_plus).clamp(-1, 1)
+    if img.shape[-1] != resolution:
+        img = F.interpolate(img, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return img
+
+
 def make_optimizer(model, lr: float, heads: AttributeHeads | None = None) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     named = [*model.named_parameters(), *((f"heads.{n}", p) for n, p in (heads.named_parameters() if heads else ()))]
@@ -384,6 +438,11 @@ def train(args: argparse.Namespace) -> None:
         print(json.dumps({"warm_start": str(warm_path), "step": step}), flush=True)
         # A continuation from weights whose cosine has already decayed needs its own schedule to learn anything.
         origin = step if args.new_schedule else 0
+    adv_generator = None
+    if args.adv_weight > 0 and args.adv_generated > 0:
+        from ..models.model_zoo import load_generator_spec
+
+        adv_generator = load_generator_spec(args.adv_generator).to(device)
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac, group_attrs=group_attrs,
@@ -423,6 +482,15 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = lr_at(step, total, args.lr, args.warmup, origin)
         loss = contrastive_loss(model, img, tokens, *negative_tokens, negative_weight=args.negative_weight,
                                 heads=heads, heads_weight=args.attr_heads, **labels)
+        if args.adv_weight > 0:
+            # Seeded by the step, so a resumed run draws the same random starts.
+            start = torch.Generator(device=img.device).manual_seed(args.seed * 1_000_003 + step)
+            adv_img = img
+            if adv_generator is not None:
+                fakes = generated_batch(adv_generator, args.adv_generated, args.adv_jitter, img.shape[-1], start)
+                adv_img = torch.cat([img, fakes])
+            loss = loss + args.adv_weight * adversarial_consistency(model, adv_img, args.adv_eps, args.adv_steps,
+                                                                    start)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], 1.0)
@@ -468,6 +536,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attr-heads", type=float, default=0.0,
                    help="weight of per-attribute heads on the image embedding, trained on the renderer's labels "
                         "(0: off; the export keeps them beside the CLIP's weights, which loaders ignore)")
+    p.add_argument("--adv-weight", type=float, default=0.0,
+                   help="weight of the adversarial consistency term: the image embedding of a render must stay "
+                        "where it is under the worst perturbation of size --adv-eps (0: off)")
+    p.add_argument("--adv-eps", type=float, default=0.03, help="largest perturbation per pixel, in [-1, 1] units")
+    p.add_argument("--adv-steps", type=int, default=2, help="signed-gradient steps that find the perturbation")
+    p.add_argument("--adv-generated", type=int, default=0,
+                   help="generator images per step that the adversarial term holds still too (no labels needed)")
+    p.add_argument("--adv-generator", default="toyfaces", help="generator of --adv-generated (bundle name or path)")
+    p.add_argument("--adv-jitter", type=float, default=0.5,
+                   help="random move of each W+ row of those images, in units of w's per-dimension spread")
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--new-schedule", action="store_true",
                    help="a warm start (from --init/--export) begins its own warm-up and cosine at its first step")
