@@ -328,13 +328,14 @@ def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_to
     return loss
 
 
-def adversarial_delta(model, img: torch.Tensor, eps: float, steps: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def adversarial_delta(model, img: torch.Tensor, eps: float, steps: int, generator: torch.Generator | None = None,
+                      target: torch.Tensor | None = None) -> torch.Tensor:
     """The perturbation [B, 3, H, W], |delta| <= eps per pixel (img's [-1, 1] units), that `steps` signed-gradient
-    steps from a random start find to move the unit image embedding of img [B, 3, H, W] furthest from its own.
-    Gradients reach delta only (the model's parameters get none)."""
-    with torch.no_grad():
-        target = image_features_of(model, img)
+    steps from a random start find to move the unit image embedding of img [B, 3, H, W] furthest from its own
+    (`target` [B, D], computed here when not given). Gradients reach delta only (the model's parameters get none)."""
+    if target is None:
+        with torch.no_grad():
+            target = image_features_of(model, img)
     delta = (torch.rand(img.shape, generator=generator, device=img.device) * 2 - 1) * eps
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -349,14 +350,14 @@ def adversarial_consistency(model, img: torch.Tensor, eps: float, steps: int,
     """Mean squared distance between the unit image embeddings of img [B, 3, H, W] and of img + adversarial_delta;
     the clean embedding is the fixed target, so the term trains the image tower to hold its embedding.
 
-    Why: a perturbation of 0.03 moves this small CLIP's embedding to cosine 0.6 with its own, so an optimizer that
+    Why: a perturbation of 0.03 moved the step-13,924 CLIP's embedding to cosine about 0.7 with its own, so an optimizer that
     descends a CLIP loss through a generator finds colour and lighting shifts before the edit (BENCHMARKS.md,
     "Optimization: the objective's minimum is not the edit"); robust image towers have gradients that follow the
     picture's content.
     """
-    delta = adversarial_delta(model, img, eps, steps, generator)
     with torch.no_grad():
         target = image_features_of(model, img)
+    delta = adversarial_delta(model, img, eps, steps, generator, target)
     return (image_features_of(model, img + delta) - target).pow(2).sum(-1).mean()
 
 
