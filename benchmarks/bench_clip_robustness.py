@@ -28,22 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from styleclip.models.clip_model import ClipModel
 from styleclip.models.model_zoo import load_generator_spec
 from styleclip.studio import seed_to_z
-from styleclip.toyfaces.train_clip import adversarial_delta, batch_at, image_features_of
+from styleclip.toyfaces.train_clip import (
+    adversarial_delta,
+    batch_at,
+    image_features_of,
+    signed_gradient_delta,
+)
 
 TEXTS = ("face with a knit hat", "face with a beard", "face with a purple background", "smiling face")
 
 
-def targeted_gain(model, img: torch.Tensor, text: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
-    """Per picture [B]: cos(embedding of img + delta, text) − cos(embedding of img, text), delta (|delta| <= eps)
-    found by `steps` signed-gradient steps that raise the first term; text [D] is a unit text embedding."""
-    delta = torch.zeros_like(img)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        score = (image_features_of(model, img + delta) @ text).sum()
-        (grad,) = torch.autograd.grad(score, delta)
-        delta = (delta.detach() + 0.75 * eps * grad.sign()).clamp(-eps, eps)
+def targeted_gain(model, img: torch.Tensor, clean: torch.Tensor, text: torch.Tensor, eps: float,
+                  steps: int) -> torch.Tensor:
+    """Per picture [B]: cos(embedding of img + delta, text) − cos(clean, text), clean [B, D] the unit embeddings of
+    img and delta (|delta| <= eps) found by `steps` signed-gradient steps that raise the first term; text [D] is a
+    unit text embedding."""
+    delta = signed_gradient_delta(model, img, eps, steps, lambda f: (f @ text).sum(), torch.zeros_like(img))
     with torch.no_grad():
-        return image_features_of(model, img + delta) @ text - image_features_of(model, img) @ text
+        return (image_features_of(model, img + delta) - clean) @ text
 
 
 def rows_for(model, img: torch.Tensor, texts: torch.Tensor, eps_list: list[float], steps: int) -> list[str]:
@@ -58,7 +60,7 @@ def rows_for(model, img: torch.Tensor, texts: torch.Tensor, eps_list: list[float
         with torch.no_grad():
             attacked = (image_features_of(model, img + delta) * clean).sum(-1)
             noisy = (image_features_of(model, img + noise) * clean).sum(-1)
-        gains = torch.cat([targeted_gain(model, img, t, eps, steps) for t in texts])
+        gains = torch.cat([targeted_gain(model, img, clean, t, eps, steps) for t in texts])
         rows.append(f"| {eps:g} | {attacked.mean():.3f} / {attacked.quantile(0.1):.3f} | {noisy.mean():.3f} | "
                     f"{gains.mean():+.3f} |")
     return rows

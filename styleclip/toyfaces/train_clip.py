@@ -328,21 +328,28 @@ def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_to
     return loss
 
 
+def signed_gradient_delta(model, img: torch.Tensor, eps: float, steps: int, score,
+                          delta: torch.Tensor) -> torch.Tensor:
+    """The perturbation [B, 3, H, W], |delta| <= eps per pixel (img's [-1, 1] units), that `steps` signed-gradient
+    steps from `delta` find to raise score(unit image embeddings [B, D]) (a scalar). Gradients reach delta only
+    (the model's parameters get none)."""
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(score(image_features_of(model, img + delta)), delta)
+        delta = (delta.detach() + 0.75 * eps * grad.sign()).clamp(-eps, eps)
+    return delta
+
+
 def adversarial_delta(model, img: torch.Tensor, eps: float, steps: int, generator: torch.Generator | None = None,
                       target: torch.Tensor | None = None) -> torch.Tensor:
-    """The perturbation [B, 3, H, W], |delta| <= eps per pixel (img's [-1, 1] units), that `steps` signed-gradient
-    steps from a random start find to move the unit image embedding of img [B, 3, H, W] furthest from its own
-    (`target` [B, D], computed here when not given). Gradients reach delta only (the model's parameters get none)."""
+    """The perturbation [B, 3, H, W], |delta| <= eps per pixel, that `steps` signed-gradient steps from a random
+    start find to move the unit image embedding of img [B, 3, H, W] furthest from its own (`target` [B, D],
+    computed here when not given)."""
     if target is None:
         with torch.no_grad():
             target = image_features_of(model, img)
-    delta = (torch.rand(img.shape, generator=generator, device=img.device) * 2 - 1) * eps
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        gap = (image_features_of(model, img + delta) - target).pow(2).sum(-1).mean()
-        (grad,) = torch.autograd.grad(gap, delta)
-        delta = (delta.detach() + 0.75 * eps * grad.sign()).clamp(-eps, eps)
-    return delta
+    start = (torch.rand(img.shape, generator=generator, device=img.device) * 2 - 1) * eps
+    return signed_gradient_delta(model, img, eps, steps, lambda f: (f - target).pow(2).sum(-1).mean(), start)
 
 
 def adversarial_consistency(model, img: torch.Tensor, eps: float, steps: int,
@@ -350,10 +357,10 @@ def adversarial_consistency(model, img: torch.Tensor, eps: float, steps: int,
     """Mean squared distance between the unit image embeddings of img [B, 3, H, W] and of img + adversarial_delta;
     the clean embedding is the fixed target, so the term trains the image tower to hold its embedding.
 
-    Why: a perturbation of 0.03 moved the step-13,924 CLIP's embedding to cosine about 0.7 with its own, so an optimizer that
-    descends a CLIP loss through a generator finds colour and lighting shifts before the edit (BENCHMARKS.md,
-    "Optimization: the objective's minimum is not the edit"); robust image towers have gradients that follow the
-    picture's content.
+    Why: a perturbation of 0.03 moved the step-13,924 CLIP's embedding to cosine about 0.7 with its own, so an
+    optimizer that descends a CLIP loss through a generator finds colour and lighting shifts before the edit
+    (BENCHMARKS.md, "Optimization: the objective's minimum is not the edit"); robust image towers have gradients
+    that follow the picture's content.
     """
     with torch.no_grad():
         target = image_features_of(model, img)
