@@ -398,6 +398,33 @@ def test_clip_trainer_with_attribute_heads_keeps_them_beside_the_clip_weights(tm
     assert all(torch.equal(v, torch.load(state, weights_only=True)["heads"][k]) for k, v in heads_at_3.items())
 
 
+def test_encoder_margin_loss_singles_out_an_ignored_attribute_and_training_on_it_separates_it(tmp_path, capsys):
+    torch.manual_seed(0)
+    encoder = train_generator.CodeEncoder(128)
+    code = torch.from_numpy(fit_mapping.code_pool(128, seed=4)[1])
+    name, offset, width = next(block for block in z_layout.code_blocks() if block[0] == "lipstick")
+    with torch.no_grad():
+        encoder.net[0].weight[:, offset:offset + width] = 0  # the encoder ignores lipstick: w never moves for it
+    blind = train_generator.encoder_margin_loss(encoder, code, margin=0.1)
+    # One of the discrete attributes gives a shortfall of exactly 1 (distance 0), so the mean is at least 1 / n.
+    assert blind.item() >= 0.99 / len(z_layout.code_blocks())
+    assert train_generator.encoder_margin_loss(encoder, code, margin=1e-4).item() < blind.item()
+    opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss = train_generator.encoder_margin_loss(encoder, code, margin=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert train_generator.encoder_margin_loss(encoder, code, margin=0.1).item() < 0.5 * blind.item()
+    # The trainer takes it as an option in code mode and logs the term.
+    train_generator.main(["--restart", "--steps", "2", "--batch", "2", "--margin-weight", "1", "--log-every", "1",
+                          "--state", str(tmp_path / "s.pt"), "--export", str(tmp_path / "g.pt")])
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"step"' in line]
+    assert [e["step"] for e in logged] == [1, 2] and all(math.isfinite(e["margin"]) for e in logged)
+    with pytest.raises(SystemExit):
+        train_generator.main(["--encoder-margin", "0", "--state", str(tmp_path / "s.pt")])
+
+
 def test_decoding_agreement_is_perfect_for_the_encoders_own_w_and_drops_for_a_wrong_one():
     encoder = train_generator.CodeEncoder(128)
     z, code = (torch.from_numpy(a) for a in fit_mapping.code_pool(64, seed=3))

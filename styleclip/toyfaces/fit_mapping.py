@@ -28,9 +28,8 @@ import torch.nn.functional as F
 
 from ..models.generator import Generator, GeneratorConfig
 from ..models.generator_io import load_generator, save_generator
-from .attributes import ATTRIBUTES
 from .train_generator import CONFIG, CodeEncoder, code_encoder_weights
-from .z_layout import attribute_code, params_of_z, set_threshold_layers
+from .z_layout import attribute_code, code_alternatives, code_blocks, params_of_z, set_threshold_layers
 
 
 def code_pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,31 +38,13 @@ def code_pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return z, np.stack([attribute_code(params_of_z(row)) for row in z])
 
 
-def _blocks() -> list[tuple[str, int, int]]:
-    """(attribute, code offset, number of values) for each discrete attribute."""
-    out, offset = [], 0
-    for attr in ATTRIBUTES:
-        width = len(attr.values) if attr.kind == "discrete" else 1
-        if attr.kind == "discrete":
-            out.append((attr.name, offset, width))
-        offset += width
-    return out
-
-
-def _alternatives(code: torch.Tensor, offset: int, width: int) -> torch.Tensor:
-    """[N, width, CODE_DIM]: the code with the attribute at `offset` set to each of its values in turn."""
-    alt = code[:, None, :].repeat(1, width, 1)
-    alt[:, :, offset:offset + width] = torch.eye(width, device=code.device)
-    return alt
-
-
 def decoding_logits(encoder: CodeEncoder, w: torch.Tensor, code: torch.Tensor, offset: int, width: int,
                     temperature: float | None = None) -> torch.Tensor:
     """[N, width]: −|w − encoder(alternative)|² for each value of one attribute, divided by `temperature` times
     the spread of the alternatives (their mean squared distance to their centre), so that an attribute with a
     small footprint in w is decoded as sharply as one with a large footprint; None leaves the distances raw."""
     with torch.no_grad():
-        candidates = encoder(_alternatives(code, offset, width))  # [N, width, D]
+        candidates = encoder(code_alternatives(code, offset, width))  # [N, width, D]
     dist = ((w[:, None, :] - candidates) ** 2).sum(-1)
     if temperature is None:
         return -dist
@@ -90,7 +71,7 @@ def agreement(mapping, encoder: CodeEncoder, z: torch.Tensor, code: torch.Tensor
     w_map = mapping(z)
     return {name: round(float((decoding_logits(encoder, w_map, code, offset, width).argmax(1)
                                == code[:, offset:offset + width].argmax(1)).float().mean()), 4)
-            for name, offset, width in _blocks()}
+            for name, offset, width in code_blocks()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"pool": args.pool, "pool_s": round(time.time() - t0, 1), "w_var": round(w_var, 5),
                       "agreement_start": agreement(mapping, encoder, z_val, code_val)}), flush=True)
     opt = torch.optim.Adam(params, lr=args.lr / lr_mul, betas=(0.9, 0.99))
-    blocks, rng, t0 = _blocks(), np.random.default_rng(args.seed), time.time()
+    blocks, rng, t0 = code_blocks(), np.random.default_rng(args.seed), time.time()
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = args.lr / lr_mul * 0.5 * (1 + math.cos(math.pi * step / args.steps))

@@ -47,7 +47,14 @@ from .classifier import to_img
 from .prefetch import batches
 from .renderer import FaceParams, render_batch
 from .replay import replayed
-from .z_layout import CODE_DIM, attribute_code, params_of_z, set_threshold_layers
+from .z_layout import (
+    CODE_DIM,
+    attribute_code,
+    code_alternatives,
+    code_blocks,
+    params_of_z,
+    set_threshold_layers,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO / "runs" / "toyfaces_generator" / "state.pt"
@@ -142,10 +149,32 @@ def mix_fraction(step: int, total: int) -> float:
     return MIX_MAX * min(1.0, max(0.0, t))
 
 
+def encoder_margin_loss(encoder: CodeEncoder, code: torch.Tensor, margin: float,
+                        w_code: torch.Tensor | None = None) -> torch.Tensor:
+    """How far the code encoder falls short of separating each discrete attribute's values in w.
+
+    For every code [N, CODE_DIM] and every other value of each discrete attribute, the distance between the two
+    w over the spread of w in the batch (the norm of its per-dimension std, as bench_generator_latents reports
+    it) should be at least `margin`; the loss is the mean squared shortfall as a fraction of the margin, so 0
+    when every attribute is separated and near 1 for one the encoder ignores. The pixel loss alone moves w by
+    1.5-5% of its spread for lipstick, blush and earrings (a few pixels each), too little for the synthesis to
+    draw them (generator card, "GPU run of 2026-11-27")."""
+    w_code = encoder(code) if w_code is None else w_code
+    spread = w_code.std(0).norm()
+    shortfalls = []
+    for _, offset, width in code_blocks():
+        moved = encoder(code_alternatives(code, offset, width))  # [N, width, D]
+        dist = ((moved - w_code[:, None, :]) ** 2).sum(-1).add(1e-12).sqrt() / spread
+        other = 1.0 - code[:, offset:offset + width]  # the code's own value is no alternative
+        shortfalls.append(((F.relu(margin - dist) / margin) ** 2 * other).sum() / other.sum())
+    return torch.stack(shortfalls).mean()
+
+
 def training_loss(g: Generator, encoder: CodeEncoder, z: torch.Tensor, code: torch.Tensor, target: torch.Tensor,
-                  mix: float, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  mix: float, weight: torch.Tensor | None = None, margin: float = 0.0,
+                  margin_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Pixel distillation of the synthesis (from the code's w, and from mapping(z) for a `mix` share of the
-    batch) plus the mapping's regression onto the code's w."""
+    batch) plus the mapping's regression onto the code's w, plus `margin_weight` x encoder_margin_loss."""
     w_code = encoder(code)
     w_map = g.mapping(z)
     n_map = int(round(mix * z.shape[0]))
@@ -153,7 +182,12 @@ def training_loss(g: Generator, encoder: CodeEncoder, z: torch.Tensor, code: tor
     img = g.synthesis_w_plus(g.w_to_w_plus(w))
     pixel = distillation_loss(img, target, weight)
     mapping = F.mse_loss(w_map, w_code.detach())
-    return pixel + mapping, {"pixel": pixel.item(), "mapping": mapping.item()}
+    parts = {"pixel": pixel.item(), "mapping": mapping.item()}
+    loss = pixel + mapping
+    if margin_weight:
+        separation = encoder_margin_loss(encoder, code, margin, w_code)
+        loss, parts["margin"] = loss + margin_weight * separation, separation.item()
+    return loss, parts
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 500) -> float:
@@ -290,7 +324,8 @@ def train(args: argparse.Namespace) -> None:
             pixel = distillation_loss(g(z), target, weight)
             loss, parts_now = pixel, {"pixel": pixel.item()}
         else:
-            loss, parts_now = training_loss(g, encoder, z, code, target, mix_fraction(step, total), weight)
+            loss, parts_now = training_loss(g, encoder, z, code, target, mix_fraction(step, total), weight,
+                                            args.encoder_margin, args.margin_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -342,11 +377,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--detail-weight", type=float, default=0.0,
                    help="extra loss weight on the pixels of the small features (DETAIL_ATTRIBUTES), found by "
                         "rendering each face again with them changed (0: off, one render per face)")
+    p.add_argument("--encoder-margin", type=float, default=0.1,
+                   help="code mode: the least distance in w, over w's spread, between a code's w and its w with "
+                        "one discrete attribute changed (see encoder_margin_loss)")
+    p.add_argument("--margin-weight", type=float, default=0.0,
+                   help="code mode: weight of that margin term (0: off)")
     p.add_argument("--freeze-mapping", action="store_true",
                    help="train the synthesis only (for --mode e2e after fit_mapping)")
     p.add_argument("--restart", action="store_true", help="ignore an existing state")
     p.add_argument("--export-only", action="store_true")
     args = p.parse_args(argv)
+    if args.margin_weight < 0 or args.encoder_margin <= 0:
+        p.error(f"--margin-weight must be at least 0 and --encoder-margin above 0, got {args.margin_weight} and "
+                f"{args.encoder_margin}")
     if args.reuse < 1 or args.detail_weight < 0:
         p.error(f"--reuse must be at least 1 and --detail-weight at least 0, got {args.reuse} and "
                 f"{args.detail_weight}")

@@ -127,6 +127,24 @@ def attribute_code(params: FaceParams) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def code_blocks() -> list[tuple[str, int, int]]:
+    """(attribute, offset in the attribute code, number of values) for each discrete attribute."""
+    out, offset = [], 0
+    for attr in ATTRIBUTES:
+        width = len(attr.values) if attr.kind == "discrete" else 1
+        if attr.kind == "discrete":
+            out.append((attr.name, offset, width))
+        offset += width
+    return out
+
+
+def code_alternatives(code: torch.Tensor, offset: int, width: int) -> torch.Tensor:
+    """[N, width, CODE_DIM]: the codes [N, CODE_DIM] with the attribute at `offset` set to each of its values."""
+    alt = code[:, None, :].repeat(1, width, 1)
+    alt[:, :, offset:offset + width] = torch.eye(width, device=code.device)
+    return alt
+
+
 @torch.no_grad()
 def set_threshold_layers(mapping, sharpness: float) -> int:
     """Writes the mapping's first two layers (after the pixel norm) as threshold detectors for Z_LAYOUT and
