@@ -20,18 +20,24 @@
 # took 138 s and decoded hair colour from w at 45%, where the continued fit decodes every attribute at 78% or
 # more (4 min on one CPU thread; generator card, "GPU run of 2026-11-27"). One call of at most 600 s holds
 # stage 1 of 4 minutes, stage 2 and stage 3 of 2 minutes with the start-up of each: the defaults.
+#
+# Stage 1 also keeps each discrete attribute's values apart in the code encoder's w (train_generator
+# --margin-weight MARGIN, default 1): without it the encoder moves w by 2-5% of its spread for lipstick, blush and
+# earrings, with it by 11% at the same pixel loss (1,000 CPU steps; BENCHMARKS.md, "Keeping the small attributes
+# apart in w").
 set -eu
 OUTDIR=${1:?usage: $0 OUTDIR [STAGE1_MINUTES] [STAGE3_MINUTES]}
 STAGE1_MINUTES=${2:-4}
 STAGE3_MINUTES=${3:-2}
 FIT_ARGS=${FIT_ARGS:---steps 4000 --lr 3e-4}
 DETAIL=${DETAIL:-16}
+MARGIN=${MARGIN:-1}
 STATEDIR=${STATEDIR:-$OUTDIR}
 export TRAIN_CLIP=0 DEVICE=${DEVICE:-cuda} G_BATCH=${G_BATCH:-128} G_REUSE=${G_REUSE:-4}
 HERE=$(dirname "$0")
 mkdir -p "$OUTDIR"
 
-STATEDIR="$STATEDIR/stage1" G_EXTRA="--detail-weight $DETAIL" G_INIT=${STAGE1_INIT:-} G_MODE=code \
+STATEDIR="$STATEDIR/stage1" G_EXTRA="--detail-weight $DETAIL --margin-weight $MARGIN" G_INIT=${STAGE1_INIT:-} G_MODE=code \
   bash "$HERE/train_toyfaces_gpu.sh" "$OUTDIR/stage1" "$STAGE1_MINUTES"
 # shellcheck disable=SC2086  # FIT_ARGS is a list of options
 python3 -m styleclip.toyfaces.fit_mapping --generator "$OUTDIR/stage1/generator.pt" --out "$OUTDIR/stage2.pt" \
