@@ -30,6 +30,7 @@ from styleclip.models.model_zoo import load_generator_spec
 from styleclip.studio import seed_to_z
 from styleclip.toyfaces.train_clip import (
     adversarial_delta,
+    at_resolution,
     batch_at,
     image_features_of,
     signed_gradient_delta,
@@ -84,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = load_generator_spec(args.generator)
     z = torch.cat([seed_to_z(seed, generator.config.style_dim) for seed in range(args.n)])
     with torch.no_grad():
-        generated = generator(z, truncation=0.7).clamp(-1, 1)
-    if generated.shape[-1] != renders.shape[-1]:
-        generated = F.interpolate(generated, size=renders.shape[-2:], mode="bilinear", antialias=True,
-                                  align_corners=False)
+        generated = at_resolution(generator(z, truncation=0.7).clamp(-1, 1), renders.shape[-1])
     print(f"**{args.clip}**: {args.n} pictures per set, {args.steps} steps per perturbation; cosine with the "
           "clean embedding under the worst perturbation (mean / 10th percentile) and under noise; mean gain in "
           f"cosine with a target text ({', '.join(TEXTS)}) under a perturbation aimed at it\n")

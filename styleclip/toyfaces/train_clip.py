@@ -380,9 +380,14 @@ def generated_batch(generator, n: int, jitter: float, resolution: int,
         spread = w_plus[:, 0].std(0)
         w_plus = w_plus + jitter * spread * torch.randn(w_plus.shape, generator=rng, device=device)
         img = generator.synthesis_w_plus(w_plus).clamp(-1, 1)
-    if img.shape[-1] != resolution:
-        img = F.interpolate(img, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return img
+    return at_resolution(img, resolution)
+
+
+def at_resolution(img: torch.Tensor, resolution: int) -> torch.Tensor:
+    """img [N, 3, H, W] resized (antialiased bilinear) to [N, 3, resolution, resolution] when it is another size."""
+    if img.shape[-1] == resolution:
+        return img
+    return F.interpolate(img, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
 
 
 def make_optimizer(model, lr: float, heads: AttributeHeads | None = None) -> torch.optim.Optimizer:
