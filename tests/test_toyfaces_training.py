@@ -483,3 +483,49 @@ def test_adversarial_consistency_finds_a_worse_perturbation_than_noise_and_train
                      "--adv-generated", "2", "--adv-generator", str(gen_path), "--state", str(state),
                      "--export", str(export)])
     assert torch.load(export, weights_only=True)["train_step"] == 2
+
+
+def test_counterfactual_twins_differ_only_in_the_swapped_captions_attribute():
+    from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, params_from_normal
+
+    plain = train_clip.batch_at(0, 0, 6, 0.4, negatives=3, labels=True)
+    out = train_clip.batch_at(0, 0, 6, 0.4, negatives=3, labels=True, counterfactuals=4)
+    assert len(out) == 7 and all(torch.equal(a, b) for a, b in zip(plain[:3], out[:3]))
+    assert torch.equal(plain[3], out[5])  # the twins do not disturb the batch itself
+    twin_img, twin_of = out[3], out[4]
+    assert twin_img.shape == (len(twin_of), 3, 64, 64) and 0 < len(twin_of) <= 4
+    # The same face with one attribute changed: close to its original, far from the other faces.
+    for c, i in enumerate(twin_of.tolist()):
+        own = (twin_img[c] - out[0][i]).abs().mean()
+        others = min((twin_img[c] - out[0][j]).abs().mean() for j in range(6) if j != i)
+        assert 0 < own < others
+    # The twin takes the value of the face's first swapped caption, and only that attribute changes.
+    rng = np.random.default_rng([0, 0, 1])
+    params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(6)]
+    texts, name, values = train_clip.hard_negative_captions(params[0], rng, 0.4, 3)
+    assert len(texts) > 1 and twin_of[0] == 0  # face 0 has a swapped caption, so it has the first twin
+    twin = labels_of(train_clip.set_attribute(params[0], name, values[1]))
+    own = labels_of(params[0])
+    assert twin[name] != own[name]
+    assert [k for k in own if own[k] != twin[k]] == [name]
+
+
+def test_direction_loss_is_zero_when_image_and_text_change_agree_and_trainer_runs_with_it(tmp_path):
+    image = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    change = torch.randn(2, 8)
+    twins = torch.nn.functional.normalize(image[[0, 2]] + 0.1 * change, dim=-1)
+    negatives = torch.zeros(3, 2, 8)
+    negatives[:, 0] = image
+    negatives[[0, 2], 1] = negatives[[0, 2], 0] + (twins - image[[0, 2]])  # text change = image change
+    of = torch.tensor([0, 2])
+    assert train_clip.direction_loss(image, twins, of, negatives) < 1e-5
+    negatives[[0, 2], 1] = negatives[[0, 2], 0] - (twins - image[[0, 2]])  # opposite: the largest loss, 2
+    assert abs(train_clip.direction_loss(image, twins, of, negatives) - 2) < 1e-5
+
+    common = ["--batch", "4", "--log-every", "1", "--state", str(tmp_path / "s.pt"), "--export",
+              str(tmp_path / "c.pt")]
+    with pytest.raises(SystemExit, match="--negatives"):
+        train_clip.main(["--restart", "--steps", "1", "--direction-weight", "1", *common])
+    train_clip.main(["--restart", "--steps", "2", "--negatives", "3", "--direction-weight", "1",
+                     "--counterfactuals", "2", *common])
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["step"] == 2
