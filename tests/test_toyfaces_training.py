@@ -490,10 +490,11 @@ def test_counterfactual_twins_differ_only_in_the_swapped_captions_attribute():
 
     plain = train_clip.batch_at(0, 0, 6, 0.4, negatives=3, labels=True)
     out = train_clip.batch_at(0, 0, 6, 0.4, negatives=3, labels=True, counterfactuals=4)
-    assert len(out) == 7 and all(torch.equal(a, b) for a, b in zip(plain[:3], out[:3]))
-    assert torch.equal(plain[3], out[5])  # the twins do not disturb the batch itself
-    twin_img, twin_of = out[3], out[4]
+    assert len(out) == 8 and all(torch.equal(a, b) for a, b in zip(plain[:3], out[:3]))
+    assert torch.equal(plain[3], out[6]) and torch.equal(plain[4], out[7])  # the twins leave the batch alone
+    twin_img, twin_of, pairs = out[3:6]
     assert twin_img.shape == (len(twin_of), 3, 64, 64) and 0 < len(twin_of) <= 4
+    assert torch.equal(pairs, out[2][twin_of, :2])  # by default: the face's caption and its first swapped one
     # The same face with one attribute changed: close to its original, far from the other faces.
     for c, i in enumerate(twin_of.tolist()):
         own = (twin_img[c] - out[0][i]).abs().mean()
@@ -509,18 +510,25 @@ def test_counterfactual_twins_differ_only_in_the_swapped_captions_attribute():
     assert twin[name] != own[name]
     assert [k for k in own if own[k] != twin[k]] == [name]
 
+    # Twins on attributes of their own choosing: the batch is unchanged, the pairs name those attributes.
+    chosen = train_clip.batch_at(0, 0, 6, 0.4, negatives=3, labels=True, counterfactuals=6,
+                                 direction_attrs=("background",))
+    assert all(torch.equal(a, b) for a, b in zip(out[:3], chosen[:3])) and len(chosen[4]) == 6
+    words = [train_clip.clip.simple_tokenizer.SimpleTokenizer().decode(
+        [t for t in row.tolist() if 0 < t < 49406]) for row in chosen[5][:, 1]]
+    assert all("background" in w or "backdrop" in w for w in words), words
+
 
 def test_direction_loss_is_zero_when_image_and_text_change_agree_and_trainer_runs_with_it(tmp_path):
     image = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     change = torch.randn(2, 8)
     twins = torch.nn.functional.normalize(image[[0, 2]] + 0.1 * change, dim=-1)
-    negatives = torch.zeros(3, 2, 8)
-    negatives[:, 0] = image
-    negatives[[0, 2], 1] = negatives[[0, 2], 0] + (twins - image[[0, 2]])  # text change = image change
+    pairs = torch.randn(2, 2, 8)
+    pairs[:, 1] = pairs[:, 0] + 3 * (twins - image[[0, 2]])  # text change along image change
     of = torch.tensor([0, 2])
-    assert train_clip.direction_loss(image, twins, of, negatives) < 1e-5
-    negatives[[0, 2], 1] = negatives[[0, 2], 0] - (twins - image[[0, 2]])  # opposite: the largest loss, 2
-    assert abs(train_clip.direction_loss(image, twins, of, negatives) - 2) < 1e-5
+    assert train_clip.direction_loss(image, twins, of, pairs) < 1e-5
+    pairs[:, 1] = pairs[:, 0] - (twins - image[[0, 2]])  # opposite: the largest loss, 2
+    assert abs(train_clip.direction_loss(image, twins, of, pairs) - 2) < 1e-5
 
     common = ["--batch", "4", "--log-every", "1", "--state", str(tmp_path / "s.pt"), "--export",
               str(tmp_path / "c.pt")]
@@ -528,4 +536,9 @@ def test_direction_loss_is_zero_when_image_and_text_change_agree_and_trainer_run
         train_clip.main(["--restart", "--steps", "1", "--direction-weight", "1", *common])
     train_clip.main(["--restart", "--steps", "2", "--negatives", "3", "--direction-weight", "1",
                      "--counterfactuals", "2", *common])
-    assert torch.load(tmp_path / "s.pt", weights_only=True)["step"] == 2
+    train_clip.main(["--steps", "3", "--negatives", "3", "--direction-weight", "1", "--direction-attrs",
+                     "hat,background", *common])
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["step"] == 3
+    with pytest.raises(SystemExit, match="--direction-attrs"):
+        train_clip.main(["--steps", "4", "--negatives", "3", "--direction-weight", "1", "--direction-attrs", "hats",
+                         *common])

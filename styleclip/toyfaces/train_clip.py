@@ -38,9 +38,10 @@ descended through the generator pays for content, not for invisible shifts (BENC
 perturbation cannot move"); add `--adv-weight 4` to the command above.
 
 Counterfactual directions (`--direction-weight W`, with `--negatives`): `--counterfactuals` faces per batch are
-re-rendered with the value of their first swapped caption, and the change of their image embedding must point
-along the change between the two captions' text embeddings, which is what global directions assume of a text pair
-(`direction_loss`; `benchmarks/bench_clip_text_image_agreement.py` measures it on the benchmark edits).
+re-rendered with the value of their first swapped caption (or, with `--direction-attrs`, with another value of
+one of those attributes), and the change of their image embedding must point along the change between the two
+captions' text embeddings, which is what global directions assume of a text pair (`direction_loss`;
+`benchmarks/bench_clip_text_image_agreement.py` measures it on the benchmark edits).
 """
 
 from __future__ import annotations
@@ -169,20 +170,20 @@ def hard_negative_captions(params, rng: np.random.Generator, template_prob: floa
 
 def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac: float = 0.0,
              group_size: int = 4, group_attrs: tuple[str, ...] = (), negatives: int = 0,
-             negative_attrs: tuple[str, ...] = (), labels: bool = False,
-             counterfactuals: int = 0) -> tuple[torch.Tensor, ...]:
+             negative_attrs: tuple[str, ...] = (), labels: bool = False, counterfactuals: int = 0,
+             direction_attrs: tuple[str, ...] = ()) -> tuple[torch.Tensor, ...]:
     """The training batch of `step`: augmented img [B, 3, 64, 64] and tokens [B, 77]. A `group_frac` share of
     the batch comes in contrast groups (see contrast_group; `group_attrs` picks their attributes), the rest are
     independent random faces. With `negatives` > 1, each face's caption comes from hard_negative_captions and
     a third tensor holds all its captions, [B, negatives, 77], the true one first (faces whose attribute has
-    fewer values repeat their true caption, which the loss masks out). With `labels`, two more tensors follow:
-    the renderer's value indices [B, A] of the A discrete attributes (DISCRETE order) and whether each can be
-    seen, [B, A] bool (see AttributeHeads). With `negatives` > 1 and `counterfactuals` C > 0, two tensors come
-    before the labels: up to C faces re-rendered with the value of their first swapped caption, img [C', 3, 64,
-    64] (augmented with the same shift and blur as the batch), and which face each belongs to, [C'] long (see
-    direction_loss)."""
+    fewer values repeat their true caption, which the loss masks out). With `counterfactuals` C > 0 (and
+    `negatives` > 1), three tensors follow (see counterfactual_twins): twin img [C', 3, 64, 64], the face each
+    twin comes from [C'] long, and the caption pair of each (face, twin) [C', 2, 77]. With `labels`, two more
+    tensors close the tuple: the renderer's value indices [B, A] of the A discrete attributes (DISCRETE order)
+    and whether each can be seen, [B, A] bool (see AttributeHeads)."""
     if negatives > 1:
-        out = _negative_batch(seed, step, batch, template_prob, negatives, negative_attrs, counterfactuals)
+        out = _negative_batch(seed, step, batch, template_prob, negatives, negative_attrs, counterfactuals,
+                              direction_attrs)
     else:
         out = _caption_batch(seed, step, batch, template_prob, group_frac, group_size, group_attrs)
     params, tensors = out[0], out[1:]
@@ -216,7 +217,8 @@ def _caption_batch(seed: int, step: int, batch: int, template_prob: float, group
 
 
 def _negative_batch(seed: int, step: int, batch: int, template_prob: float, negatives: int,
-                    attrs: tuple[str, ...], counterfactuals: int = 0) -> tuple:
+                    attrs: tuple[str, ...], counterfactuals: int = 0,
+                    direction_attrs: tuple[str, ...] = ()) -> tuple:
     rng = np.random.default_rng([seed, step, 1])
     params = [params_from_normal(rng.standard_normal(NUM_PARAMS)) for _ in range(batch)]
     swaps = [hard_negative_captions(p, rng, template_prob, negatives, attrs) for p in params]
@@ -226,11 +228,17 @@ def _negative_batch(seed: int, step: int, batch: int, template_prob: float, nega
     state = rng.bit_generator.state
     out = (params, augment(img, rng), all_tokens[:, 0], all_tokens)
     if counterfactuals > 0:
+        if direction_attrs:
+            # Pairs of their own, on a stream of their own: the batch above stays what it is without them.
+            pair_rng = np.random.default_rng([seed, step, 2])
+            swaps = [hard_negative_captions(p, pair_rng, template_prob, 2, direction_attrs) for p in params]
         twin_of = [i for i, (texts, _, _) in enumerate(swaps) if len(texts) > 1][:counterfactuals]
-        twins = [set_attribute(params[i], swaps[i][1], swaps[i][2][1]) for i in twin_of]
-        twin_img = torch.from_numpy(render_batch(twins, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        twin_img = torch.from_numpy(render_batch(
+            [set_attribute(params[i], swaps[i][1], swaps[i][2][1]) for i in twin_of], 64))
+        twin_img = twin_img.permute(0, 3, 1, 2).float() / 127.5 - 1
+        pairs = clip.tokenize([t for i in twin_of for t in swaps[i][0][:2]], truncate=True)
         rng.bit_generator.state = state  # the batch's own shift and blur, so only the attribute tells them apart
-        out += (augment(twin_img, rng), torch.tensor(twin_of, dtype=torch.long))
+        out += (augment(twin_img, rng), torch.tensor(twin_of, dtype=torch.long), pairs.view(len(twin_of), 2, -1))
     return out
 
 
@@ -277,19 +285,19 @@ def hard_negative_loss(image_features: torch.Tensor, negative_features: torch.Te
 
 
 def direction_loss(image_features: torch.Tensor, twin_features: torch.Tensor, twin_of: torch.Tensor,
-                   negative_features: torch.Tensor) -> torch.Tensor:
+                   pair_features: torch.Tensor) -> torch.Tensor:
     """Mean of 1 - cos(image change, text change) over counterfactual pairs: image_features [B, D] and
-    twin_features [C, D] (unit vectors; twin c is face twin_of[c] with one attribute set to the value of that
-    face's first swapped caption), negative_features [B, K, D] (unit; column 0 the true caption, column 1 the
-    swapped one).
+    twin_features [C, D] (unit vectors; twin c is face twin_of[c] with one attribute changed), pair_features
+    [C, 2, D] (unit; the caption of the face, then the same caption with the twin's value).
 
     Why: global directions turn a text change ("face" -> "face with a beard") into an image direction through
     per-channel image directions; InfoNCE only asks each caption to sit nearest its own image, so the text change
-    of a beard pointed where its image change does not (cosine 0.54-0.75; for the hat -0.10). This term asks the
-    two changes to point the same way, the StyleGAN-NADA directional loss used as a training signal.
+    of a beard pointed where its image change does not (cosine 0.57 with the step-16,025 CLIP; for the hat 0.39).
+    This term asks the two changes to point the same way, the StyleGAN-NADA directional loss used as a training
+    signal.
     """
     image_change = twin_features - image_features[twin_of]
-    text_change = negative_features[twin_of, 1] - negative_features[twin_of, 0]
+    text_change = pair_features[:, 1] - pair_features[:, 0]
     return (1 - F.cosine_similarity(image_change, text_change, dim=-1)).mean()
 
 
@@ -335,12 +343,14 @@ def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_to
                      negative_weight: float = 1.0, heads: AttributeHeads | None = None,
                      labels: torch.Tensor | None = None, visible: torch.Tensor | None = None,
                      heads_weight: float = 1.0, twin_img: torch.Tensor | None = None,
-                     twin_of: torch.Tensor | None = None, direction_weight: float = 1.0) -> torch.Tensor:
+                     twin_of: torch.Tensor | None = None, twin_tokens: torch.Tensor | None = None,
+                     direction_weight: float = 1.0) -> torch.Tensor:
     """Symmetric InfoNCE over the batch, plus `negative_weight` × hard_negative_loss when negative_tokens
     [B, K, 77] are given, plus `heads_weight` × the attribute heads' loss when `heads` (with labels and visible,
-    [B, A]) are given, plus `direction_weight` × direction_loss when counterfactual twin_img [C, 3, 64, 64] and
-    twin_of [C] are given (with negative_tokens). The swapped captions' text features carry gradient when the
-    text tower is trainable, so the text tower learns to tell the swapped words apart too."""
+    [B, A]) are given, plus `direction_weight` × direction_loss when counterfactual twin_img [C, 3, 64, 64],
+    twin_of [C] and their caption pairs twin_tokens [C, 2, 77] are given. The swapped captions' text features
+    carry gradient when the text tower is trainable, so the text tower learns to tell the swapped words apart
+    too."""
     raw = image_features_of(model, img, normalize=False)
     image_features = F.normalize(raw, dim=-1)
     text_trainable = model.token_embedding.weight.requires_grad
@@ -363,7 +373,11 @@ def contrastive_loss(model, img: torch.Tensor, tokens: torch.Tensor, negative_to
         loss = loss + heads_weight * heads.loss(raw, labels, visible)
     if twin_img is not None and len(twin_img) > 0:
         twin_features = image_features_of(model, twin_img)
-        loss = loss + direction_weight * direction_loss(image_features, twin_features, twin_of, negative_features)
+        c, _, length = twin_tokens.shape
+        with torch.set_grad_enabled(text_trainable and torch.is_grad_enabled()):
+            pair_features = F.normalize(encode_text_cut(model, twin_tokens.reshape(2 * c, length)), dim=-1)
+        loss = loss + direction_weight * direction_loss(image_features, twin_features, twin_of,
+                                                        pair_features.view(c, 2, -1))
     return loss
 
 
@@ -442,10 +456,12 @@ def make_optimizer(model, lr: float, heads: AttributeHeads | None = None) -> tor
 def train(args: argparse.Namespace) -> None:
     group_attrs = tuple(a for a in args.group_attrs.split(",") if a)
     negative_attrs = tuple(a for a in args.negative_attrs.split(",") if a)
+    direction_attrs = tuple(a for a in args.direction_attrs.split(",") if a)
     twin_count = args.counterfactuals if args.direction_weight > 0 else 0
     if twin_count and args.negatives < 2:
         raise SystemExit("--direction-weight needs --negatives 2 or more: the swapped caption names the twin's value")
-    for option, names in (("--group-attrs", group_attrs), ("--negative-attrs", negative_attrs)):
+    for option, names in (("--group-attrs", group_attrs), ("--negative-attrs", negative_attrs),
+                          ("--direction-attrs", direction_attrs)):
         unknown = sorted(set(names) - {a.name for a in ATTRIBUTES if a.kind == "discrete"})
         if unknown:
             raise SystemExit(f"{option}: unknown discrete attributes {unknown}")
@@ -502,7 +518,8 @@ def train(args: argparse.Namespace) -> None:
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac, group_attrs=group_attrs,
                                        negatives=args.negatives, negative_attrs=negative_attrs,
-                                       labels=heads is not None, counterfactuals=twin_count), step, args.workers)
+                                       labels=heads is not None, counterfactuals=twin_count,
+                                       direction_attrs=direction_attrs), step, args.workers)
     model.to(device)
     if heads is not None:
         heads.to(device)
@@ -535,7 +552,8 @@ def train(args: argparse.Namespace) -> None:
         rest = rest[:-2] if heads is not None else rest
         negative_tokens, twins = rest[:1], {}
         if twin_count:
-            twins = {"twin_img": rest[1], "twin_of": rest[2], "direction_weight": args.direction_weight}
+            twins = {"twin_img": rest[1], "twin_of": rest[2], "twin_tokens": rest[3],
+                     "direction_weight": args.direction_weight}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup, origin)
         loss = contrastive_loss(model, img, tokens, *negative_tokens, negative_weight=args.negative_weight,
@@ -598,6 +616,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight of the counterfactual direction term: the image change of a face re-rendered with "
                         "one attribute swapped must point along its captions' text change (needs --negatives)")
     p.add_argument("--counterfactuals", type=int, default=16, help="faces per batch re-rendered for that term")
+    p.add_argument("--direction-attrs", default="",
+                   help="attributes the twins change, comma-separated (default: each face's first swapped caption's)")
     p.add_argument("--adv-weight", type=float, default=0.0,
                    help="weight of the adversarial consistency term: the image embedding of a render must stay "
                         "where it is under the worst perturbation of size --adv-eps (0: off)")
