@@ -177,7 +177,7 @@ def batch_at(seed: int, step: int, batch: int, template_prob: float, group_frac:
     independent random faces. With `negatives` > 1, each face's caption comes from hard_negative_captions and
     a third tensor holds all its captions, [B, negatives, 77], the true one first (faces whose attribute has
     fewer values repeat their true caption, which the loss masks out). With `counterfactuals` C > 0 (and
-    `negatives` > 1), three tensors follow (see counterfactual_twins): twin img [C', 3, 64, 64], the face each
+    `negatives` > 1), three tensors follow (see direction_loss): twin img [C', 3, 64, 64], the face each
     twin comes from [C'] long, and the caption pair of each (face, twin) [C', 2, 77]. With `labels`, two more
     tensors close the tuple: the renderer's value indices [B, A] of the A discrete attributes (DISCRETE order)
     and whether each can be seen, [B, A] bool (see AttributeHeads)."""
@@ -294,7 +294,8 @@ def direction_loss(image_features: torch.Tensor, twin_features: torch.Tensor, tw
     per-channel image directions; InfoNCE only asks each caption to sit nearest its own image, so the text change
     of a beard pointed where its image change does not (cosine 0.57 with the step-16,025 CLIP; for the hat 0.39).
     This term asks the two changes to point the same way, the StyleGAN-NADA directional loss used as a training
-    signal.
+    signal. Measured (BENCHMARKS.md, "Counterfactual directions in CLIP training"): it raises that agreement
+    (0.58 -> 0.67), yet global directions lose with it; the shipped CLIP was trained without it.
     """
     image_change = twin_features - image_features[twin_of]
     text_change = pair_features[:, 1] - pair_features[:, 0]
