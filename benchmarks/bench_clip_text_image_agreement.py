@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleclip.engines.global_directions import text_direction
 from styleclip.evaluation import BENCHMARK_EDITS, HELDOUT_EDITS, EditSpec
+from styleclip.imaging import images_to_img
 from styleclip.models.clip_model import ClipModel
 from styleclip.toyfaces.renderer import NUM_PARAMS, labels_of, params_from_normal, render_batch, set_attribute
 
@@ -49,11 +50,7 @@ def counterfactual_pairs(spec: EditSpec, n: int, seed: int) -> tuple[torch.Tenso
             continue
         before.append(params)
         after.append(set_attribute(params, spec.attribute, int(targets[rng.integers(len(targets))])))
-
-    def to_img(batch: list) -> torch.Tensor:
-        return torch.from_numpy(render_batch(batch, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-    return to_img(before), to_img(after)
+    return images_to_img(render_batch(before, 64)), images_to_img(render_batch(after, 64))
 
 
 def agreement(clip_model: ClipModel, spec: EditSpec, n: int, seed: int) -> tuple[dict[str, float], torch.Tensor]:

@@ -21,6 +21,14 @@ def img_to_image(img: torch.Tensor) -> np.ndarray:
     return img_to_images(img if img.ndim == 4 else img[None])[0]
 
 
+def images_to_img(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, H, W, 3] (or one [H, W, 3]) → img float32 [N, 3, H, W] in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dim() == 3:
+        x = x[None]
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
 def image_to_img(image: np.ndarray | Image.Image, size: int | None = None) -> torch.Tensor:
     """uint8 [H, W, 3] (or a PIL image) → img [1, 3, H, W] float in [-1, 1], resized to `size` if given."""
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))

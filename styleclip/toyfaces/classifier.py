@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from styleclip.imaging import images_to_img
 from styleclip.toyfaces.attributes import ATTRIBUTES
 
 __all__ = [
@@ -25,12 +25,7 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "toyfaces" / "cl
 INPUT_SIZE = 64
 
 
-def to_img(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 image(s) [N, H, W, 3] or [H, W, 3] -> img float32 [N, 3, H, W] in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
-    if x.dim() == 3:
-        x = x[None]
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+to_img = images_to_img  # uint8 image(s) [N, H, W, 3] or [H, W, 3] -> img float32 [N, 3, H, W] in [-1, 1]
 
 
 def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

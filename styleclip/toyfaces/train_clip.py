@@ -58,6 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..imaging import images_to_img
 from ..models.clip_model import IMAGENET_TEMPLATES, build_small_clip, clip_config
 from . import captions
 from .attributes import ATTRIBUTES, attribute
@@ -211,7 +212,7 @@ def _caption_batch(seed: int, step: int, batch: int, template_prob: float, group
     while len(params) < batch:
         params.append(params_from_normal(rng.standard_normal(NUM_PARAMS)))
         mentions.append(None)
-    img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    img = images_to_img(render_batch(params, 64))
     texts = [make_caption(p, rng, template_prob, mention) for p, mention in zip(params, mentions)]
     return params, augment(img, rng), clip.tokenize(texts, truncate=True)
 
@@ -224,7 +225,7 @@ def _negative_batch(seed: int, step: int, batch: int, template_prob: float, nega
     swaps = [hard_negative_captions(p, rng, template_prob, negatives, attrs) for p in params]
     padded = [texts + [texts[0]] * (negatives - len(texts)) for texts, _, _ in swaps]
     all_tokens = clip.tokenize([t for texts in padded for t in texts], truncate=True).view(batch, negatives, -1)
-    img = torch.from_numpy(render_batch(params, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    img = images_to_img(render_batch(params, 64))
     state = rng.bit_generator.state
     out = (params, augment(img, rng), all_tokens[:, 0], all_tokens)
     if counterfactuals > 0:
@@ -233,9 +234,8 @@ def _negative_batch(seed: int, step: int, batch: int, template_prob: float, nega
             pair_rng = np.random.default_rng([seed, step, 2])
             swaps = [hard_negative_captions(p, pair_rng, template_prob, 2, direction_attrs) for p in params]
         twin_of = [i for i, (texts, _, _) in enumerate(swaps) if len(texts) > 1][:counterfactuals]
-        twin_img = torch.from_numpy(render_batch(
+        twin_img = images_to_img(render_batch(
             [set_attribute(params[i], swaps[i][1], swaps[i][2][1]) for i in twin_of], 64))
-        twin_img = twin_img.permute(0, 3, 1, 2).float() / 127.5 - 1
         pairs = clip.tokenize([t for i in twin_of for t in swaps[i][0][:2]], truncate=True)
         rng.bit_generator.state = state  # the batch's own shift and blur, so only the attribute tells them apart
         out += (augment(twin_img, rng), torch.tensor(twin_of, dtype=torch.long), pairs.view(len(twin_of), 2, -1))
