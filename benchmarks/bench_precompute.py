@@ -3,7 +3,8 @@
 Cost: FLOPs counted with torch's FlopCounterMode for one image of each method, scaled to a whole run, and
 expressed in units of one full-resolution generator forward pass (batch 1):
   - ours: `image_jacobian_directions` per image (early-exit synthesis at CLIP's input size, CLIP forward, one
-    batched backward per output dimension) x n_images;
+    batched backward per output dimension; with a basis, so only on the first `basis_images` images and one per
+    basis direction on the others, the rank taken from the shipped manifest or the recomputed run);
   - official: every conv channel set to mean ± 5σ on 100 images, rendered at full resolution and CLIP-encoded:
     2 x 100 x channels x (generator + CLIP).
 Agreement: for a set of text directions, the top-k channels by |relevance| of our matrix vs the official
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleclip.engines.global_directions import text_direction  # noqa: E402
 from styleclip.engines.precompute import (  # noqa: E402
+    RELEVANCE_BASIS_IMAGES,
     RELEVANCE_IMAGES,
     RELEVANCE_SEED,
     clip_render_resolution,
@@ -53,10 +55,10 @@ def _flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def _jacobian_flops(generator, clip_model, s) -> int:
-    """FLOPs of `image_jacobian_directions` for one image: one forward, then one backward per CLIP dimension
-    (its batched backward is D backward passes; FlopCounterMode cannot follow autograd.grad's batching, so one
-    plain backward is counted and multiplied)."""
+def _jacobian_flops(generator, clip_model, s) -> tuple[int, int]:
+    """FLOPs of `image_jacobian_directions` for one image: (its forward, one backward). The backward is taken once
+    per cotangent (its batched backward is one backward pass per cotangent; FlopCounterMode cannot follow
+    autograd.grad's batching, so one plain backward is counted)."""
     res = clip_render_resolution(generator, clip_model)
     conv_ids = [layer.index for layer in generator.conv_layers]
     leaves = {i: s[i].clone().requires_grad_(True) for i in conv_ids}
@@ -68,10 +70,11 @@ def _jacobian_flops(generator, clip_model, s) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         emb[0].backward(inputs=list(leaves.values()))  # as autograd.grad: no weight gradients
-    return int(forward + clip_model.embed_dim * counter.get_total_flops())
+    return int(forward), int(counter.get_total_flops())
 
 
-def cost(generator, clip_model, n_images: int) -> dict:
+def cost(generator, clip_model, n_images: int, basis_images: int = 0, basis_rank: int = 0) -> dict:
+    """Both methods' FLOPs in generator forwards. basis_rank 0: the full Jacobian on every image."""
     w = sample_w(generator, 1, seed=0, truncation=0.7)
     with torch.no_grad():
         s = generator.w_plus_to_s(generator.w_to_w_plus(w))
@@ -79,12 +82,15 @@ def cost(generator, clip_model, n_images: int) -> dict:
     with torch.no_grad():
         images = img_to_images(generator.synthesis(s))
     clip_eval = _flops(lambda: clip_model.encode_image_eval(list(images)))
-    ours_one = _jacobian_flops(generator, clip_model, s)
+    forward, backward = _jacobian_flops(generator, clip_model, s)
+    full_one = forward + clip_model.embed_dim * backward
+    n_full = n_images if basis_rank == 0 else min(basis_images, n_images)
+    ours = n_full * full_one + (n_images - n_full) * (forward + basis_rank * backward)
     channels = conv_channel_index(generator).numel()
     official = 2 * OFFICIAL_IMAGES * channels * (g_full + clip_eval)
-    ours = n_images * ours_one
     return {"channels": channels, "clip_dim": clip_model.embed_dim, "generator_forward_gflop": g_full / 1e9,
-            "ours_images": n_images, "ours_per_image_g_equiv": ours_one / g_full,
+            "ours_images": n_images, "ours_full_jacobian_images": n_full, "ours_basis_rank": basis_rank,
+            "ours_full_image_g_equiv": full_one / g_full, "ours_per_image_g_equiv": ours / n_images / g_full,
             "ours_total_g_equiv": ours / g_full, "official_total_g_equiv": official / g_full,
             "flop_ratio_official_over_ours": official / ours}
 
@@ -144,6 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ref-cache", type=Path, help="an .npz holding the reference rows: read if present, else written")
     p.add_argument("--ours-images", type=int, default=0,
                    help="recompute our matrix on the reference's first N codes (0: the shipped matrix)")
+    p.add_argument("--basis-images", type=int, default=RELEVANCE_BASIS_IMAGES,
+                   help="with --ours-images: images that take the full Jacobian (>= N: all of them)")
+    p.add_argument("--basis-energy", type=float, default=None,
+                   help="with --ours-images: energy share of the basis for the other images (default: the full "
+                        "Jacobian everywhere)")
+    p.add_argument("--basis-rank", type=int, default=0,
+                   help="with --model ffhq --flops-only: the basis rank to cost (0: the full Jacobian everywhere)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flops-only", action="store_true", help="skip the agreement (needs no statistics)")
@@ -159,20 +172,24 @@ def main(argv: list[str] | None = None) -> None:
                                                            vision_width=768, vision_patch_size=32,
                                                            transformer_width=512, transformer_heads=8,
                                                            transformer_layers=12, seed=0))
-        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, RELEVANCE_IMAGES)}))
+        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, RELEVANCE_IMAGES, RELEVANCE_BASIS_IMAGES, args.basis_rank)}))
         return
     loaded = Studio().model(args.model)
     stats = loaded.engine().stats
     log = lambda done, total, stage: done % 50 == 0 and print(  # noqa: E731
         f"{stage}: {done}/{total} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     fs3_ours, n_ours = stats.fs3, int(stats.manifest.get("n_images", RELEVANCE_IMAGES))
+    basis_images, basis_rank = int(stats.manifest.get("basis_images", 0)), int(stats.manifest.get("basis_rank", 0))
     t0 = time.time()
     if args.ours_images:
+        info: dict = {}
         fs3_ours, n_ours = compute_relevance(loaded.generator, loaded.clip, n_images=args.ours_images,
                                              seed=args.ref_seed, truncation=loaded.bundle.truncation,
-                                             progress=log), args.ours_images
+                                             basis_images=args.basis_images, basis_energy=args.basis_energy,
+                                             info=info, progress=log), args.ours_images
+        basis_images, basis_rank = args.basis_images, info["basis_rank"]
     result = {"model": loaded.name, "ours_seconds": round(time.time() - t0, 1) if args.ours_images else None,
-              **cost(loaded.generator, loaded.clip, n_ours)}
+              **cost(loaded.generator, loaded.clip, n_ours, basis_images, basis_rank)}
     if not args.flops_only:
         rows, random_rows = None, None
         if args.ref_candidates:

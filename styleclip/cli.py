@@ -106,7 +106,7 @@ def cmd_precompute(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else model_zoo.precomputed_dir(loaded.name)
     t0 = time.perf_counter()
     stats = precompute(loaded.generator, loaded.clip, out, n_stats=args.n_stats, n_images=args.n_images,
-                       truncation=loaded.bundle.truncation, generator_sha256=loaded.generator_sha256,
+                       truncation=loaded.bundle.truncation, basis_energy=args.basis_energy, generator_sha256=loaded.generator_sha256,
                        clip_sha256=loaded.clip_sha256, progress=_ProgressPrinter())
     return {"out": str(out), "fs3_rows": int(stats.fs3.shape[0]), "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -416,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-stats", type=int, default=100_000, help="latents sampled for S mean/std")
     p.add_argument("--n-images", type=int, default=100,
                    help="images averaged in the relevance matrix (the official procedure's 100)")
+    p.add_argument("--basis-energy", type=float, default=None, metavar="SHARE",
+                   help="faster: after 10 full-Jacobian images, only the CLIP directions holding this share of "
+                        "the Jacobian's energy (e.g. 0.995; the same top channels, see BENCHMARKS.md); "
+                        "default: the full Jacobian on every image")
     p.add_argument("--out", help="output folder (default precomputed/<model>/)")
     p.set_defaults(func=cmd_precompute)
 

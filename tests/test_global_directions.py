@@ -16,11 +16,18 @@ from styleclip.engines.global_directions import (
     beta_for_min_channels,
     style_direction,
 )
-from styleclip.engines.precompute import Cancelled, compute_relevance, precompute
+from styleclip.engines.precompute import (
+    Cancelled,
+    compute_relevance,
+    energy_basis,
+    image_jacobian_directions,
+    precompute,
+)
 from styleclip.engines.statistics import (
     GlobalStatistics,
     StatisticsError,
     WhitenedRelevance,
+    conv_channel_index,
     load_official_s_mean_std,
     load_statistics,
 )
@@ -158,21 +165,60 @@ def test_equal_texts_are_refused(engine):
 
 
 # ------------------------------------------------------------------------------------------ precompute
-def test_relevance_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_after):
+    # basis_images=1: the run is cut once inside the full-Jacobian phase's end (1) and once inside the
+    # projected phase (2), whose basis must come back from the saved Gram matrix.
     g, clip_model = make_tiny_generator(size=32), tiny_clip()
-    full = compute_relevance(g, clip_model, n_images=3)
+    kwargs = {"n_images": 3, "basis_images": 1, "basis_energy": 0.99}
+    full = compute_relevance(g, clip_model, **kwargs)
     calls = {"n": 0}
 
-    def stop_after_one():
+    def stop_early():
         calls["n"] += 1
-        return calls["n"] > 1
+        return calls["n"] > stop_after
 
     with pytest.raises(Cancelled):
-        compute_relevance(g, clip_model, n_images=3, state_dir=tmp_path, should_stop=stop_after_one)
-    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == 1
-    resumed = compute_relevance(g, clip_model, n_images=3, state_dir=tmp_path)
+        compute_relevance(g, clip_model, state_dir=tmp_path, should_stop=stop_early, **kwargs)
+    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == stop_after
+    resumed = compute_relevance(g, clip_model, state_dir=tmp_path, **kwargs)
     torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
     assert torch.allclose(full.norm(dim=1), torch.ones(full.shape[0]), atol=1e-4)
+
+
+def test_jacobian_through_a_complete_basis_equals_the_plain_jacobian():
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    w = g.mapping(torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(0)))[0]
+    rotation, _ = torch.linalg.qr(torch.randn(clip_model.embed_dim, clip_model.embed_dim,
+                                              generator=torch.Generator().manual_seed(1)))
+    plain = image_jacobian_directions(g, clip_model, w, unit=False)
+    rotated = image_jacobian_directions(g, clip_model, w, unit=False, basis=rotation.t())
+    torch.testing.assert_close(rotated, plain, atol=1e-5, rtol=1e-4)
+    half = image_jacobian_directions(g, clip_model, w, unit=False, basis=rotation.t()[: clip_model.embed_dim // 2])
+    projector = rotation[:, : clip_model.embed_dim // 2] @ rotation[:, : clip_model.embed_dim // 2].t()
+    torch.testing.assert_close(half, plain @ projector, atol=1e-5, rtol=1e-4)
+
+
+def test_energy_basis_keeps_the_fewest_directions_holding_the_share():
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))
+    gram = q @ torch.diag(torch.tensor([50.0, 30.0, 15.0, 4.0, 1.0, 0.0])) @ q.t()  # shares .5 .8 .95 .99 1
+    assert energy_basis(gram, 0.94).shape == (3, 6)
+    assert energy_basis(gram, 0.96).shape == (4, 6)
+    assert energy_basis(gram, 1.0).shape[0] >= 5
+    basis = energy_basis(gram, 0.45)
+    torch.testing.assert_close(basis @ basis.t(), torch.eye(1), atol=1e-5, rtol=0)
+    assert abs(float(basis[0] @ q[:, 0])) > 0.999  # the largest direction first
+
+
+def test_relevance_reports_the_basis_rank(tmp_path):
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    info: dict = {}
+    compute_relevance(g, clip_model, n_images=2, basis_images=2, basis_energy=0.9, info=info)
+    assert info["basis_rank"] == 0  # every image took the full Jacobian
+    stats = precompute(g, clip_model, tmp_path / "m", n_stats=500, n_images=2, basis_energy=0.9, basis_images=1)
+    assert 0 < stats.manifest["basis_rank"] < clip_model.embed_dim
+    assert stats.manifest["basis_images"] == 1
+    assert load_statistics(tmp_path / "m", g).fs3.shape == (conv_channel_index(g).numel(), clip_model.embed_dim)
 
 
 def test_manifest_hash_mismatch_is_refused(tmp_path):

@@ -7,6 +7,14 @@ normalised Jacobian column. One forward pass (stopped at CLIP's input resolution
 whole [D, C] Jacobian of an image, on the official procedure's own images (the first 100 codes of the seed-5
 statistics sample). `reference_relevance` implements the official procedure for comparison
 (benchmarks/bench_precompute.py measures the cost ratio and the top-channel agreement).
+
+Optionally (`basis_energy`, the CLI's `--basis-energy`), fewer backward passes: the Jacobian's columns span few
+directions of CLIP space (on the embedded model 51 of 256 dimensions hold 99.5% of their energy), so only the
+first `RELEVANCE_BASIS_IMAGES` images take all D backward passes; their Gram matrix gives an orthonormal basis of
+the directions that hold that share of the energy, and every later image takes one backward pass per basis vector
+(the columns projected onto the basis). Its top channels agree with the official procedure as well as the full
+Jacobian's do, but the whitened relevance, which weighs the weak directions the basis drops, loses with it
+(BENCHMARKS.md), so the default stays the full Jacobian.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from ..models.clip_model import ClipModel
 from ..models.generator import Generator
 from .statistics import GlobalStatistics, conv_channel_index
 
-__all__ = ["compute_s_stats", "image_jacobian_directions", "compute_relevance", "precompute",
+__all__ = ["compute_s_stats", "image_jacobian_directions", "energy_basis", "compute_relevance", "precompute",
            "reference_relevance", "sample_w", "Cancelled", "ProgressFn"]
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, stage)
@@ -33,6 +41,8 @@ PARTIAL_DIR = ".partial"
 # The official relevance matrix averages over the first 100 codes of its statistics sample (seed 5, psi 0.7).
 RELEVANCE_IMAGES = 100
 RELEVANCE_SEED = 5
+# With a basis: the images that take the full Jacobian.
+RELEVANCE_BASIS_IMAGES = 10
 
 
 class Cancelled(RuntimeError):
@@ -74,11 +84,15 @@ def clip_render_resolution(generator: Generator, clip_model: ClipModel) -> int:
 
 
 def image_jacobian_directions(generator: Generator, clip_model: ClipModel, w: torch.Tensor,
-                              cotangent_chunk: int = 64) -> torch.Tensor:
+                              cotangent_chunk: int = 64, unit: bool = True,
+                              basis: torch.Tensor | None = None) -> torch.Tensor:
     """Unit Jacobian columns of CLIP's normalised image embedding w.r.t. every conv channel, for one image.
 
     Args:
         w: [D_w] one latent (used for every layer).
+        unit: False keeps each column's length |∂e/∂s_c|.
+        basis: optional [r, D] orthonormal rows: one backward pass per row instead of D, and the columns
+            projected onto their span (exact when the columns lie in it).
 
     Returns:
         [C, D] rows u_c = (∂e/∂s_c) / |∂e/∂s_c| (zero rows where a channel has no effect).
@@ -90,55 +104,94 @@ def image_jacobian_directions(generator: Generator, clip_model: ClipModel, w: to
     leaves = {i: s[i].clone().requires_grad_(True) for i in conv_ids}
     s_in = [leaves.get(i, t) for i, t in enumerate(s)]
     emb = clip_model.encode_image(generator.synthesis(s_in, until_resolution=res))[0]  # [D]
-    dim = emb.shape[0]
-    eye = torch.eye(dim)
+    cotangents = torch.eye(emb.shape[0]) if basis is None else basis.to(emb.dtype)
     columns = []
-    for start in range(0, dim, cotangent_chunk):
-        basis = eye[start:start + cotangent_chunk]
-        grads = torch.autograd.grad(emb, [leaves[i] for i in conv_ids], grad_outputs=basis,
-                                    is_grads_batched=True, retain_graph=start + cotangent_chunk < dim)
+    for start in range(0, len(cotangents), cotangent_chunk):
+        chunk = cotangents[start:start + cotangent_chunk]
+        grads = torch.autograd.grad(emb, [leaves[i] for i in conv_ids], grad_outputs=chunk,
+                                    is_grads_batched=True, retain_graph=start + cotangent_chunk < len(cotangents))
         columns.append(torch.cat([g[:, 0, :] for g in grads], dim=1))  # [k, C]
-    jac = torch.cat(columns, dim=0).t()  # [C, D]
-    return jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    jac = torch.cat(columns, dim=0).t()  # [C, r]: the columns' coordinates on the cotangents
+    if basis is not None:
+        jac = jac @ cotangents  # [C, D]
+    return jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12) if unit else jac
+
+
+def energy_basis(gram: torch.Tensor, energy: float) -> torch.Tensor:
+    """The fewest orthonormal directions holding `energy` of the columns behind a Gram matrix.
+
+    Args:
+        gram: [D, D] sum of J^T J over images (J: [C, D] Jacobian columns as rows).
+
+    Returns:
+        [r, D] orthonormal rows, largest eigenvalue first.
+    """
+    eigvals, eigvecs = torch.linalg.eigh(gram.double())
+    eigvals, eigvecs = eigvals.flip(0).clamp_min(0), eigvecs.flip(1)
+    share = eigvals.cumsum(0) / eigvals.sum().clamp_min(1e-30)
+    rank = min(int((share < energy).sum()) + 1, len(eigvals))
+    return eigvecs[:, :rank].t().float().contiguous()
 
 
 def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int = RELEVANCE_IMAGES,
                       seed: int = RELEVANCE_SEED,
                       truncation: float = 0.7, state_dir: Path | None = None, progress: ProgressFn | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """The relevance matrix [C, D] (unit rows) averaged over n_images, resumable through `state_dir`."""
+                      should_stop: Callable[[], bool] | None = None, basis_images: int = RELEVANCE_BASIS_IMAGES,
+                      basis_energy: float | None = None, info: dict | None = None) -> torch.Tensor:
+    """The relevance matrix [C, D] (unit rows) averaged over n_images, resumable through `state_dir`.
+
+    With `basis_energy` (a share in (0, 1)), the first `basis_images` images take the full Jacobian and the rest
+    are projected onto the directions holding that share of it (`energy_basis`); None (default), a share >= 1 or
+    basis_images >= n_images take the full Jacobian everywhere. `info`, when given, receives "basis_rank" (0: the full Jacobian everywhere).
+    """
     ws = sample_w(generator, n_images, seed, truncation)
-    c = conv_channel_index(generator).numel()
-    acc, done = torch.zeros(c, clip_model.embed_dim, dtype=torch.float64), 0
-    config = {"n_images": n_images, "seed": seed, "truncation": truncation}
+    c, dim = conv_channel_index(generator).numel(), clip_model.embed_dim
+    acc, gram, done = torch.zeros(c, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0
+    full_everywhere = basis_energy is None or basis_energy >= 1 or basis_images >= n_images
+    config = {"n_images": n_images, "seed": seed, "truncation": truncation,
+              "basis_images": None if full_everywhere else basis_images,
+              "basis_energy": None if full_everywhere else basis_energy}
     if state_dir is not None and (state_dir / "relevance.json").is_file():
         saved = json.loads((state_dir / "relevance.json").read_text())
         if saved.get("config") == config:
             acc = torch.from_numpy(np.load(state_dir / "relevance_acc.npy"))
+            gram = torch.from_numpy(np.load(state_dir / "relevance_gram.npy"))
             done = int(saved["done"])
+    basis = None
     for i in range(done, n_images):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped after {i} of {n_images} images; run again to resume")
-        acc += image_jacobian_directions(generator, clip_model, ws[i]).double()
+        if basis is None and not full_everywhere and i >= basis_images:
+            basis = energy_basis(gram, basis_energy)
+        jac = image_jacobian_directions(generator, clip_model, ws[i], unit=False, basis=basis).double()
+        if i < basis_images:
+            gram += jac.t() @ jac
+        acc += jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-            np.save(state_dir / "relevance_acc.tmp.npy", acc.numpy())
-            (state_dir / "relevance_acc.tmp.npy").replace(state_dir / "relevance_acc.npy")
+            for name, value in (("relevance_acc", acc), ("relevance_gram", gram)):
+                np.save(state_dir / f"{name}.tmp.npy", value.numpy())
+                (state_dir / f"{name}.tmp.npy").replace(state_dir / f"{name}.npy")
             (state_dir / "relevance.json").write_text(json.dumps({"config": config, "done": i + 1}))
         if progress:
             progress(i + 1, n_images, "relevance")
+    if basis is None and not full_everywhere:
+        basis = energy_basis(gram, basis_energy)
+    if info is not None:
+        info["basis_rank"] = 0 if basis is None else int(basis.shape[0])
     mean = acc / n_images
     return (mean / mean.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
 
 
 def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_stats: int = 100_000,
-               n_images: int = RELEVANCE_IMAGES, truncation: float = 0.7, generator_sha256: str | None = None,
+               n_images: int = RELEVANCE_IMAGES, truncation: float = 0.7, basis_energy: float | None = None,
+               basis_images: int = RELEVANCE_BASIS_IMAGES, generator_sha256: str | None = None,
                clip_sha256: str | None = None, progress: ProgressFn | None = None,
                should_stop: Callable[[], bool] | None = None) -> GlobalStatistics:
     """Computes S statistics and the relevance matrix into out_dir (stats.npz, fs3.npy, manifest.json).
 
     Work in progress lives in out_dir/.partial/ and is picked up by the next call with the same settings;
-    the final files are written only when everything is done.
+    the final files are written only when everything is done. `basis_*`: see `compute_relevance`.
     """
     out_dir = Path(out_dir)
     state_dir = out_dir / PARTIAL_DIR
@@ -152,11 +205,16 @@ def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_
         mean, std = compute_s_stats(generator, n=n_stats, truncation=truncation, progress=progress)
         np.savez(state_dir / "stats.tmp.npz", mean=mean.numpy(), std=std.numpy())
         (state_dir / "stats.tmp.npz").replace(stats_file)
+    relevance_info: dict = {}
     fs3 = compute_relevance(generator, clip_model, n_images=n_images, truncation=truncation,
-                            state_dir=state_dir, progress=progress, should_stop=should_stop)
+                            state_dir=state_dir, progress=progress, should_stop=should_stop,
+                            basis_energy=basis_energy, basis_images=basis_images, info=relevance_info)
     manifest = {
         "generator_sha256": generator_sha256, "clip_sha256": clip_sha256,
         "method": "jacobian", "n_stats": n_stats, "stats_seed": 5, "n_images": n_images,
+        "basis_images": basis_images if relevance_info["basis_rank"] else 0,
+        "basis_energy": basis_energy if relevance_info["basis_rank"] else None,
+        "basis_rank": relevance_info["basis_rank"],
         "relevance_seed": RELEVANCE_SEED,
         "truncation": truncation, "fs3_rows": int(fs3.shape[0]), "clip_dim": int(fs3.shape[1]),
         "seconds": round(time.time() - t0, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
