@@ -10,10 +10,16 @@
   evaluations of each channel at its own points, i.e. the official procedure's per-channel cost.
 - `compare A B`: the top-k agreement of two cached matrices (.npy, or .npz with `fs3`), e.g. two official runs on
   different images written by `bench_precompute.py --ref-seed S --ref-cache ...`.
+- `probe REF [BASE ...]`: secant refinement chosen by a probe, simulated from a full official matrix REF (all rows,
+  e.g. `bench_precompute.py --ref-cache`): the official ±5σ secant of every channel on the first --images codes,
+  its cosine with our unit tangent there, and the top-k agreement with REF of each BASE matrix (default the
+  shipped one) whose --refine M least-agreeing rows are replaced by REF's rows (what computing them by the
+  official procedure would give). Writes each refined matrix with --save-dir.
 
     python benchmarks/bench_relevance_diagnostics.py per-image [--images 3] [--channels 80]
     python benchmarks/bench_relevance_diagnostics.py quadrature [--images 3] [--channels 60]
     python benchmarks/bench_relevance_diagnostics.py compare runs/ref10_seed0.npz runs/ref10_seed1.npz
+    python benchmarks/bench_relevance_diagnostics.py probe runs/ref100.npz --images 2 --refine 32 64 96 128
 """
 
 from __future__ import annotations
@@ -112,10 +118,55 @@ def quadrature(loaded, n_images: int, n_channels: int, eps: float = 0.05) -> dic
     return {"images": n_images, "channels": n_channels, "cos_with_official_float_difference": summary}
 
 
+@torch.inference_mode()
+def _image_secants(loaded, w: torch.Tensor, chunk: int = 25) -> torch.Tensor:
+    """The official unit ±5σ secant of every conv channel for one code w [D_w] → [C, D] (CLIP's PIL path)."""
+    g, stats = loaded.generator, loaded.engine().stats
+    conv = conv_channel_index(g)
+    s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
+    out = []
+    for start in range(0, conv.numel(), chunk):
+        positions = conv[start:start + chunk]
+        s = s_flat.repeat(2 * len(positions), 1)
+        index = torch.arange(len(positions))
+        s[2 * index, positions] = stats.mean[positions] - 5 * stats.std[positions]
+        s[2 * index + 1, positions] = stats.mean[positions] + 5 * stats.std[positions]
+        emb = loaded.clip.encode_image_eval(img_to_images(g.synthesis(g.flat_to_s(s))))
+        diff = emb[1::2] - emb[0::2]
+        out.append(diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(out)
+
+
+def probe(loaded, reference: torch.Tensor, bases: dict[str, torch.Tensor], n_images: int, refine: list[int],
+          k: int, save_dir: Path | None) -> dict:
+    g = loaded.generator
+    agreeing = torch.zeros(conv_channel_index(g).numel())
+    for w in sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation):
+        agreeing += (image_jacobian_directions(g, loaded.clip, w) * _image_secants(loaded, w)).sum(1) / n_images
+    order = agreeing.argsort()  # least agreeing first
+    result: dict = {"images": n_images, "tangent_secant_cosine_quantiles": {
+        q: round(float(agreeing.quantile(q)), 4) for q in (0.01, 0.05, 0.5)}}
+    for name, base in bases.items():
+        rows = {}
+        for m in [0, *refine]:
+            refined = base.clone()
+            refined[order[:m]] = reference[order[:m]]
+            found = agreement(refined, reference, loaded.clip, k)
+            rows[m] = {"mean": round(found["mean_top_k_overlap"], 3), "min": found["min_top_k_overlap"]}
+            if save_dir is not None and m:
+                save_dir.mkdir(parents=True, exist_ok=True)
+                np.save(save_dir / f"{Path(name).stem}_refined{m}.npy", refined.numpy())
+        result[name] = rows
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["per-image", "quadrature", "compare"])
-    p.add_argument("files", nargs="*", type=Path, help="compare: two cached matrices")
+    p.add_argument("what", choices=["per-image", "quadrature", "compare", "probe"])
+    p.add_argument("files", nargs="*", type=Path,
+                   help="compare: two cached matrices; probe: the official matrix, then base matrices")
+    p.add_argument("--refine", type=int, nargs="+", default=[32, 64, 96, 128], help="probe: rows refined")
+    p.add_argument("--save-dir", type=Path, help="probe: write the refined matrices here")
     p.add_argument("--model", default="toyfaces")
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--channels", type=int, default=80)
@@ -127,6 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("per-image", "quadrature"):
         measure = per_image if args.what == "per-image" else quadrature
         print(json.dumps({"model": loaded.name, **measure(loaded, args.images, args.channels)}))
+        return
+    if args.what == "probe":
+        if not args.files:
+            p.error("probe needs the official matrix")
+        bases = {str(f): _load(f) for f in args.files[1:]} or {"shipped": loaded.engine().stats.fs3}
+        print(json.dumps({"model": loaded.name, **probe(loaded, _load(args.files[0]), bases, args.images,
+                                                        args.refine, args.k, args.save_dir)}))
         return
     if len(args.files) != 2:
         p.error("compare needs two files")
