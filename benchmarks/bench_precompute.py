@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                                                            vision_width=768, vision_patch_size=32,
                                                            transformer_width=512, transformer_heads=8,
                                                            transformer_layers=12, seed=0))
-        print(json.dumps({"model": "ffhq-shaped (random weights)", **cost(generator, clip_model, RELEVANCE_IMAGES, RELEVANCE_BASIS_IMAGES, args.basis_rank)}))
+        found = cost(generator, clip_model, RELEVANCE_IMAGES, RELEVANCE_BASIS_IMAGES, args.basis_rank)
+        print(json.dumps({"model": "ffhq-shaped (random weights)", **found}))
         return
     loaded = Studio().model(args.model)
     stats = loaded.engine().stats

@@ -106,8 +106,9 @@ def cmd_precompute(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else model_zoo.precomputed_dir(loaded.name)
     t0 = time.perf_counter()
     stats = precompute(loaded.generator, loaded.clip, out, n_stats=args.n_stats, n_images=args.n_images,
-                       truncation=loaded.bundle.truncation, basis_energy=args.basis_energy, generator_sha256=loaded.generator_sha256,
-                       clip_sha256=loaded.clip_sha256, progress=_ProgressPrinter())
+                       truncation=loaded.bundle.truncation, basis_energy=args.basis_energy,
+                       generator_sha256=loaded.generator_sha256, clip_sha256=loaded.clip_sha256,
+                       progress=_ProgressPrinter())
     return {"out": str(out), "fs3_rows": int(stats.fs3.shape[0]), "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -219,6 +219,8 @@ def test_relevance_reports_the_basis_rank(tmp_path):
     assert 0 < stats.manifest["basis_rank"] < clip_model.embed_dim
     assert stats.manifest["basis_images"] == 1
     assert load_statistics(tmp_path / "m", g).fs3.shape == (conv_channel_index(g).numel(), clip_model.embed_dim)
+    with pytest.raises(ValueError, match="basis_energy"):
+        compute_relevance(g, clip_model, n_images=2, basis_images=1, basis_energy=0.0)
 
 
 def test_manifest_hash_mismatch_is_refused(tmp_path):

@@ -142,8 +142,11 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
 
     With `basis_energy` (a share in (0, 1)), the first `basis_images` images take the full Jacobian and the rest
     are projected onto the directions holding that share of it (`energy_basis`); None (default), a share >= 1 or
-    basis_images >= n_images take the full Jacobian everywhere. `info`, when given, receives "basis_rank" (0: the full Jacobian everywhere).
+    basis_images >= n_images take the full Jacobian everywhere. `info`, when given, receives "basis_rank" (0: the
+    full Jacobian everywhere).
     """
+    if basis_energy is not None and not 0 < basis_energy <= 1:
+        raise ValueError(f"basis_energy must be a share in (0, 1], got {basis_energy}")
     ws = sample_w(generator, n_images, seed, truncation)
     c, dim = conv_channel_index(generator).numel(), clip_model.embed_dim
     acc, gram, done = torch.zeros(c, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0
