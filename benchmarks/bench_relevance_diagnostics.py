@@ -48,21 +48,8 @@ def _load(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
 
 
-@torch.inference_mode()
-def _official_difference(loaded, stats, s_flat: torch.Tensor, position: int, quantise: bool) -> torch.Tensor:
-    """Unit CLIP-embedding difference of one code with channel `position` at mean + 5σ vs mean − 5σ → [D]."""
-    g, clip_model = loaded.generator, loaded.clip
-    s = s_flat.repeat(2, 1)
-    s[0, position] = stats.mean[position] - 5 * stats.std[position]
-    s[1, position] = stats.mean[position] + 5 * stats.std[position]
-    img = g.synthesis(g.flat_to_s(s))
-    emb = clip_model.encode_image_eval(img_to_images(img)) if quantise else clip_model.encode_image(img)
-    diff = emb[1] - emb[0]
-    return diff / diff.norm().clamp_min(1e-12)
-
-
 def per_image(loaded, n_images: int, n_channels: int) -> dict:
-    g, stats = loaded.generator, loaded.engine().stats
+    g = loaded.generator
     conv = conv_channel_index(g)
     rows = torch.randperm(conv.numel(), generator=torch.Generator().manual_seed(0))[:n_channels]
     ws = sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation)
@@ -71,10 +58,9 @@ def per_image(loaded, n_images: int, n_channels: int) -> dict:
         jac = image_jacobian_directions(g, loaded.clip, w)[rows]
         with torch.inference_mode():
             s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
-        for k, row in enumerate(rows.tolist()):
-            official = _official_difference(loaded, stats, s_flat, int(conv[row]), quantise=True)
-            tangent.append(float(official @ jac[k]))
-            unquantised.append(float(official @ _official_difference(loaded, stats, s_flat, int(conv[row]), False)))
+        official = _image_secants(loaded, s_flat, conv[rows])
+        tangent += (official * jac).sum(1).tolist()
+        unquantised += (official * _image_secants(loaded, s_flat, conv[rows], quantise=False)).sum(1).tolist()
     summary = lambda v: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),  # noqa: E731
                          "p10": round(float(np.percentile(v, 10)), 4)}
     return {"images": n_images, "channels": n_channels, "cos_jacobian_vs_official": summary(tangent),
@@ -119,19 +105,20 @@ def quadrature(loaded, n_images: int, n_channels: int, eps: float = 0.05) -> dic
 
 
 @torch.inference_mode()
-def _image_secants(loaded, w: torch.Tensor, chunk: int = 25) -> torch.Tensor:
-    """The official unit ±5σ secant of every conv channel for one code w [D_w] → [C, D] (CLIP's PIL path)."""
+def _image_secants(loaded, s_flat: torch.Tensor, positions: torch.Tensor, quantise: bool = True,
+                   chunk: int = 25) -> torch.Tensor:
+    """Unit CLIP-embedding differences of one code s_flat [1, S] with each flat position set to mean + 5σ vs
+    mean − 5σ → [len(positions), D]; `quantise`: uint8 renders through CLIP's PIL path, as the official procedure."""
     g, stats = loaded.generator, loaded.engine().stats
-    conv = conv_channel_index(g)
-    s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
     out = []
-    for start in range(0, conv.numel(), chunk):
-        positions = conv[start:start + chunk]
-        s = s_flat.repeat(2 * len(positions), 1)
-        index = torch.arange(len(positions))
-        s[2 * index, positions] = stats.mean[positions] - 5 * stats.std[positions]
-        s[2 * index + 1, positions] = stats.mean[positions] + 5 * stats.std[positions]
-        emb = loaded.clip.encode_image_eval(img_to_images(g.synthesis(g.flat_to_s(s))))
+    for start in range(0, len(positions), chunk):
+        part = positions[start:start + chunk]
+        s = s_flat.repeat(2 * len(part), 1)
+        index = torch.arange(len(part))
+        s[2 * index, part] = stats.mean[part] - 5 * stats.std[part]
+        s[2 * index + 1, part] = stats.mean[part] + 5 * stats.std[part]
+        img = g.synthesis(g.flat_to_s(s))
+        emb = loaded.clip.encode_image_eval(img_to_images(img)) if quantise else loaded.clip.encode_image(img)
         diff = emb[1::2] - emb[0::2]
         out.append(diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return torch.cat(out)
@@ -141,8 +128,12 @@ def probe(loaded, reference: torch.Tensor, bases: dict[str, torch.Tensor], n_ima
           k: int, save_dir: Path | None) -> dict:
     g = loaded.generator
     agreeing = torch.zeros(conv_channel_index(g).numel())
+    conv = conv_channel_index(g)
     for w in sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation):
-        agreeing += (image_jacobian_directions(g, loaded.clip, w) * _image_secants(loaded, w)).sum(1) / n_images
+        with torch.inference_mode():
+            s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
+        secants = _image_secants(loaded, s_flat, conv)
+        agreeing += (image_jacobian_directions(g, loaded.clip, w) * secants).sum(1) / n_images
     order = agreeing.argsort()  # least agreeing first
     result: dict = {"images": n_images, "tangent_secant_cosine_quantiles": {
         q: round(float(agreeing.quantile(q)), 4) for q in (0.01, 0.05, 0.5)}}

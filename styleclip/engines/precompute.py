@@ -150,35 +150,36 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
     ws = sample_w(generator, n_images, seed, truncation)
     c, dim = conv_channel_index(generator).numel(), clip_model.embed_dim
     acc, gram, done = torch.zeros(c, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0
-    full_everywhere = basis_energy is None or basis_energy >= 1 or basis_images >= n_images
+    use_basis = basis_energy is not None and basis_energy < 1 and basis_images < n_images
     config = {"n_images": n_images, "seed": seed, "truncation": truncation,
-              "basis_images": None if full_everywhere else basis_images,
-              "basis_energy": None if full_everywhere else basis_energy}
+              "basis_images": basis_images if use_basis else None,
+              "basis_energy": basis_energy if use_basis else None}
+    saved_arrays = {"relevance_acc": acc} | ({"relevance_gram": gram} if use_basis else {})
     if state_dir is not None and (state_dir / "relevance.json").is_file():
         saved = json.loads((state_dir / "relevance.json").read_text())
         if saved.get("config") == config:
-            acc = torch.from_numpy(np.load(state_dir / "relevance_acc.npy"))
-            gram = torch.from_numpy(np.load(state_dir / "relevance_gram.npy"))
+            for name, value in saved_arrays.items():
+                value.copy_(torch.from_numpy(np.load(state_dir / f"{name}.npy")))
             done = int(saved["done"])
     basis = None
     for i in range(done, n_images):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped after {i} of {n_images} images; run again to resume")
-        if basis is None and not full_everywhere and i >= basis_images:
+        if basis is None and use_basis and i >= basis_images:
             basis = energy_basis(gram, basis_energy)
         jac = image_jacobian_directions(generator, clip_model, ws[i], unit=False, basis=basis).double()
-        if i < basis_images:
+        if use_basis and i < basis_images:
             gram += jac.t() @ jac
         acc += jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-            for name, value in (("relevance_acc", acc), ("relevance_gram", gram)):
+            for name, value in saved_arrays.items():
                 np.save(state_dir / f"{name}.tmp.npy", value.numpy())
                 (state_dir / f"{name}.tmp.npy").replace(state_dir / f"{name}.npy")
             (state_dir / "relevance.json").write_text(json.dumps({"config": config, "done": i + 1}))
         if progress:
             progress(i + 1, n_images, "relevance")
-    if basis is None and not full_everywhere:
+    if basis is None and use_basis:  # resumed after the last image
         basis = energy_basis(gram, basis_energy)
     if info is not None:
         info["basis_rank"] = 0 if basis is None else int(basis.shape[0])
