@@ -35,9 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_precompute import agreement  # noqa: E402
-from styleclip.engines.precompute import RELEVANCE_SEED, image_jacobian_directions, sample_w  # noqa: E402
+from styleclip.engines.precompute import (  # noqa: E402
+    RELEVANCE_SEED,
+    channel_secants,
+    image_jacobian_directions,
+    sample_w,
+)
 from styleclip.engines.statistics import conv_channel_index  # noqa: E402
-from styleclip.imaging import img_to_images  # noqa: E402
 from styleclip.studio import Studio  # noqa: E402
 
 
@@ -46,6 +50,12 @@ def _load(path: Path) -> torch.Tensor:
         with np.load(path) as npz:
             return torch.from_numpy(npz["fs3"])
     return torch.from_numpy(np.load(path))
+
+
+def _image_secants(loaded, s_flat: torch.Tensor, rows: torch.Tensor, quantise: bool = True) -> torch.Tensor:
+    """The official unit differences of one code s_flat [1, S] for conv-channel rows → [len(rows), D]."""
+    stats = loaded.engine().stats
+    return channel_secants(loaded.generator, loaded.clip, s_flat, stats.mean, stats.std, rows, quantise=quantise)[0]
 
 
 def per_image(loaded, n_images: int, n_channels: int) -> dict:
@@ -58,9 +68,9 @@ def per_image(loaded, n_images: int, n_channels: int) -> dict:
         jac = image_jacobian_directions(g, loaded.clip, w)[rows]
         with torch.inference_mode():
             s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
-        official = _image_secants(loaded, s_flat, conv[rows])
+        official = _image_secants(loaded, s_flat, rows)
         tangent += (official * jac).sum(1).tolist()
-        unquantised += (official * _image_secants(loaded, s_flat, conv[rows], quantise=False)).sum(1).tolist()
+        unquantised += (official * _image_secants(loaded, s_flat, rows, quantise=False)).sum(1).tolist()
     summary = lambda v: {"mean": round(float(np.mean(v)), 4), "median": round(float(np.median(v)), 4),  # noqa: E731
                          "p10": round(float(np.percentile(v, 10)), 4)}
     return {"images": n_images, "channels": n_channels, "cos_jacobian_vs_official": summary(tangent),
@@ -105,25 +115,6 @@ def quadrature(loaded, n_images: int, n_channels: int, eps: float = 0.05) -> dic
 
 
 @torch.inference_mode()
-def _image_secants(loaded, s_flat: torch.Tensor, positions: torch.Tensor, quantise: bool = True,
-                   chunk: int = 25) -> torch.Tensor:
-    """Unit CLIP-embedding differences of one code s_flat [1, S] with each flat position set to mean + 5σ vs
-    mean − 5σ → [len(positions), D]; `quantise`: uint8 renders through CLIP's PIL path, as the official procedure."""
-    g, stats = loaded.generator, loaded.engine().stats
-    out = []
-    for start in range(0, len(positions), chunk):
-        part = positions[start:start + chunk]
-        s = s_flat.repeat(2 * len(part), 1)
-        index = torch.arange(len(part))
-        s[2 * index, part] = stats.mean[part] - 5 * stats.std[part]
-        s[2 * index + 1, part] = stats.mean[part] + 5 * stats.std[part]
-        img = g.synthesis(g.flat_to_s(s))
-        emb = loaded.clip.encode_image_eval(img_to_images(img)) if quantise else loaded.clip.encode_image(img)
-        diff = emb[1::2] - emb[0::2]
-        out.append(diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    return torch.cat(out)
-
-
 def probe(loaded, reference: torch.Tensor, bases: dict[str, torch.Tensor], n_images: int, refine: list[int],
           k: int, save_dir: Path | None) -> dict:
     g = loaded.generator
@@ -132,7 +123,7 @@ def probe(loaded, reference: torch.Tensor, bases: dict[str, torch.Tensor], n_ima
     for w in sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation):
         with torch.inference_mode():
             s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
-        secants = _image_secants(loaded, s_flat, conv)
+        secants = _image_secants(loaded, s_flat, torch.arange(conv.numel()))
         agreeing += (image_jacobian_directions(g, loaded.clip, w) * secants).sum(1) / n_images
     order = agreeing.argsort()  # least agreeing first
     result: dict = {"images": n_images, "tangent_secant_cosine_quantiles": {

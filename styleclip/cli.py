@@ -107,6 +107,7 @@ def cmd_precompute(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     stats = precompute(loaded.generator, loaded.clip, out, n_stats=args.n_stats, n_images=args.n_images,
                        truncation=loaded.bundle.truncation, basis_energy=args.basis_energy,
+                       refine_channels=args.refine_channels, probe_images=args.probe_images,
                        generator_sha256=loaded.generator_sha256, clip_sha256=loaded.clip_sha256,
                        progress=_ProgressPrinter())
     return {"out": str(out), "fs3_rows": int(stats.fs3.shape[0]), "seconds": round(time.perf_counter() - t0, 1)}
@@ -395,6 +396,8 @@ def _add_photo_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engines.precompute import RELEVANCE_BASIS_ENERGY, RELEVANCE_PROBE_IMAGES, RELEVANCE_REFINE_CHANNELS
+
     parser = argparse.ArgumentParser(prog="python -m styleclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -417,10 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-stats", type=int, default=100_000, help="latents sampled for S mean/std")
     p.add_argument("--n-images", type=int, default=100,
                    help="images averaged in the relevance matrix (the official procedure's 100)")
-    p.add_argument("--basis-energy", type=float, default=None, metavar="SHARE",
-                   help="faster: after 10 full-Jacobian images, only the CLIP directions holding this share of "
-                        "the Jacobian's energy (e.g. 0.995; the same top channels, see BENCHMARKS.md); "
-                        "default: the full Jacobian on every image")
+    p.add_argument("--basis-energy", type=float, default=RELEVANCE_BASIS_ENERGY, metavar="SHARE",
+                   help="after 10 full-Jacobian images, only the CLIP directions holding this share of the "
+                        f"Jacobian's energy (default {RELEVANCE_BASIS_ENERGY}; 1: the full Jacobian on every image)")
+    p.add_argument("--refine-channels", type=int, default=RELEVANCE_REFINE_CHANNELS, metavar="M",
+                   help="the M channels whose official ±5σ differences agree least with their Jacobian columns on "
+                        f"the probe images get the official rows (default {RELEVANCE_REFINE_CHANNELS}; 0: none)")
+    p.add_argument("--probe-images", type=int, default=RELEVANCE_PROBE_IMAGES, metavar="K",
+                   help="with --refine-channels: images on which every channel is probed")
     p.add_argument("--out", help="output folder (default precomputed/<model>/)")
     p.set_defaults(func=cmd_precompute)
 

@@ -17,11 +17,16 @@ from styleclip.engines.global_directions import (
     style_direction,
 )
 from styleclip.engines.precompute import (
+    RELEVANCE_SEED,
     Cancelled,
+    channel_secants,
     compute_relevance,
+    compute_s_stats,
     energy_basis,
     image_jacobian_directions,
     precompute,
+    reference_relevance,
+    sample_w,
 )
 from styleclip.engines.statistics import (
     GlobalStatistics,
@@ -31,6 +36,7 @@ from styleclip.engines.statistics import (
     load_official_s_mean_std,
     load_statistics,
 )
+from styleclip.imaging import img_to_images
 from styleclip.models.clip_model import ClipModel, build_small_clip
 from styleclip.models.generator import Generator
 from tests.conftest import make_tiny_generator
@@ -165,12 +171,16 @@ def test_equal_texts_are_refused(engine):
 
 
 # ------------------------------------------------------------------------------------------ precompute
-@pytest.mark.parametrize("stop_after", [1, 2])
-def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_after):
-    # basis_images=1: the run is cut once inside the full-Jacobian phase's end (1) and once inside the
-    # projected phase (2), whose basis must come back from the saved Gram matrix.
+@pytest.mark.parametrize("stop_after, done", [(1, {"jacobian": 1, "refinement": 0}),
+                                              (2, {"jacobian": 2, "refinement": 0}),
+                                              (4, {"jacobian": 3, "refinement": 1})])
+def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_after, done):
+    # basis_images=1: the run is cut once inside the full-Jacobian phase's end (1), once inside the projected
+    # phase (2), whose basis must come back from the saved Gram matrix, and once inside the refinement (4),
+    # whose channel choice must come back from the saved probe.
     g, clip_model = make_tiny_generator(size=32), tiny_clip()
-    kwargs = {"n_images": 3, "basis_images": 1, "basis_energy": 0.99}
+    kwargs = {"n_images": 3, "basis_images": 1, "basis_energy": 0.99, "refine_channels": 5, "probe_images": 1,
+              "s_stats": compute_s_stats(g, n=500)}
     full = compute_relevance(g, clip_model, **kwargs)
     calls = {"n": 0}
 
@@ -180,10 +190,66 @@ def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_after):
 
     with pytest.raises(Cancelled):
         compute_relevance(g, clip_model, state_dir=tmp_path, should_stop=stop_early, **kwargs)
-    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == stop_after
+    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == done
     resumed = compute_relevance(g, clip_model, state_dir=tmp_path, **kwargs)
     torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
     assert torch.allclose(full.norm(dim=1), torch.ones(full.shape[0]), atol=1e-4)
+
+
+def test_prefix_rendering_gives_the_full_render():
+    g = make_tiny_generator(size=32)
+    s = g.w_plus_to_s(g.z_to_w_plus(torch.randn(3, g.style_dim, generator=torch.Generator().manual_seed(1))))
+    with torch.no_grad():
+        for layer in (0, 2, 4, g.num_styles - 1):
+            x, skip = g.synthesis_prefix([t[:1] for t in s], layer)  # one code's prefix serves edits of layer+
+            edited = [t.clone() for t in s]
+            edited[layer] = edited[layer] * torch.linspace(0.5, 1.5, 3)[:, None]
+            for t in edited[:layer]:
+                t.copy_(t[:1].expand_as(t))
+            torch.testing.assert_close(g.synthesis(edited, start=(layer, x, skip)), g.synthesis(edited))
+        torch.testing.assert_close(g.synthesis(s, until_resolution=16, start=(2, *g.synthesis_prefix(s, 2))),
+                                   g.synthesis(s, until_resolution=16))
+
+
+def test_channel_secants_follow_the_official_procedure():
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    mean, std = compute_s_stats(g, n=500)
+    s_flat = g.s_to_flat(g.w_plus_to_s(g.z_to_w_plus(torch.randn(2, g.style_dim), truncation=0.7)))
+    rows = torch.tensor([0, 3, 40, conv_channel_index(g).numel() - 1])
+    found = channel_secants(g, clip_model, s_flat, mean, std, rows, chunk=2)
+    for k, p in enumerate(conv_channel_index(g)[rows].tolist()):
+        low, high = s_flat.clone(), s_flat.clone()
+        low[:, p], high[:, p] = mean[p] - 5 * std[p], mean[p] + 5 * std[p]
+        with torch.no_grad():
+            diff = torch.stack([clip_model.encode_image_eval(img_to_images(g.synthesis(g.flat_to_s(x))))
+                                for x in (low, high)]).diff(dim=0)[0]
+        torch.testing.assert_close(found[:, k], diff / diff.norm(dim=1, keepdim=True), atol=2e-3, rtol=0)
+
+
+def test_refinement_swaps_in_the_official_rows_of_the_least_linear_channels():
+    g, clip_model = make_tiny_generator(size=32), tiny_clip()
+    mean, std = compute_s_stats(g, n=500)
+    base = compute_relevance(g, clip_model, n_images=3)
+    info: dict = {}
+    refined = compute_relevance(g, clip_model, n_images=3, refine_channels=6, probe_images=2, s_stats=(mean, std),
+                                info=info)
+    chosen = torch.tensor(info["refined_rows"])
+    # the probe: per-image cosine between Jacobian column and official difference, on the first 2 images
+    ws = sample_w(g, 2, RELEVANCE_SEED, 0.7)
+    cosine = sum((image_jacobian_directions(g, clip_model, w)
+                  * channel_secants(g, clip_model, g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None]))), mean, std,
+                                    torch.arange(base.shape[0]))[0]).sum(1) for w in ws)
+    assert set(chosen.tolist()) == set(cosine.argsort()[:6].tolist())
+    official = reference_relevance(g, clip_model, mean, std, n_images=3, channels=chosen)
+    torch.testing.assert_close(refined[chosen], official, atol=1e-4, rtol=0)
+    others = torch.ones(base.shape[0], dtype=torch.bool)
+    others[chosen] = False
+    torch.testing.assert_close(refined[others], base[others])
+    with pytest.raises(ValueError, match="s_stats"):
+        compute_relevance(g, clip_model, n_images=3, refine_channels=6)
+    with pytest.raises(ValueError, match="probe_images must not exceed"):
+        compute_relevance(g, clip_model, n_images=3, refine_channels=6, probe_images=2, s_stats=(mean, std),
+                          basis_images=1, basis_energy=0.9)
 
 
 def test_jacobian_through_a_complete_basis_equals_the_plain_jacobian():
@@ -210,14 +276,19 @@ def test_energy_basis_keeps_the_fewest_directions_holding_the_share():
     assert abs(float(basis[0] @ q[:, 0])) > 0.999  # the largest direction first
 
 
-def test_relevance_reports_the_basis_rank(tmp_path):
+def test_manifest_reports_the_basis_rank_and_the_refined_rows(tmp_path):
     g, clip_model = make_tiny_generator(size=32), tiny_clip()
     info: dict = {}
     compute_relevance(g, clip_model, n_images=2, basis_images=2, basis_energy=0.9, info=info)
     assert info["basis_rank"] == 0  # every image took the full Jacobian
-    stats = precompute(g, clip_model, tmp_path / "m", n_stats=500, n_images=2, basis_energy=0.9, basis_images=1)
+    stats = precompute(g, clip_model, tmp_path / "m", n_stats=500, n_images=2, basis_energy=0.9, basis_images=1,
+                       refine_channels=0)
     assert 0 < stats.manifest["basis_rank"] < clip_model.embed_dim
     assert stats.manifest["basis_images"] == 1
+    assert stats.manifest["refined_rows"] == [] and stats.manifest["probe_images"] == 0
+    stats = precompute(g, clip_model, tmp_path / "r", n_stats=500, n_images=3, basis_images=1, refine_channels=3,
+                       probe_images=1)  # the defaults otherwise: a basis and probe-chosen official rows
+    assert len(stats.manifest["refined_rows"]) == 3 and stats.manifest["probe_images"] == 1
     assert load_statistics(tmp_path / "m", g).fs3.shape == (conv_channel_index(g).numel(), clip_model.embed_dim)
     with pytest.raises(ValueError, match="basis_energy"):
         compute_relevance(g, clip_model, n_images=2, basis_images=1, basis_energy=0.0)

@@ -486,7 +486,8 @@ class Generator(nn.Module):
         return [getattr(self.noises, f"noise_{i}") for i in range(self.config.num_noises)]
 
     def synthesis(self, s: list[torch.Tensor], noise: list[torch.Tensor] | None = None,
-                  until_resolution: int | None = None) -> torch.Tensor:
+                  until_resolution: int | None = None,
+                  start: tuple[int, torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
         """Renders from style vectors.
 
         Args:
@@ -494,6 +495,10 @@ class Generator(nn.Module):
             noise: per-layer noise maps [N or 1, 1, R, R]; default the stored buffers (deterministic).
             until_resolution: stop after the ToRGB at this resolution and return the skip image there
                 (cheap previews at CLIP's input size); default the full resolution.
+            start: (style layer index i, x, skip) from `synthesis_prefix`: resume at layer i, whose inputs these
+                are ([1 or N, C, H, W] each; skip None before the first ToRGB), so layers before i (and their
+                entries in s) are not used. Re-rendering many edits of one layer from one prefix saves the
+                layers before it.
 
         Returns:
             img: [N, 3, R, R] float, roughly in [-1, 1].
@@ -504,17 +509,44 @@ class Generator(nn.Module):
         stop = self.size if until_resolution is None else until_resolution
         if stop not in self.config.channels():
             raise ValueError(f"until_resolution must be a power of two in 4..{self.size}, got {stop}")
-        # channels_last lets oneDNN run the convolutions and the depthwise blur without layout reorders.
-        const = self.input(s[0].shape[0]).contiguous(memory_format=torch.channels_last)
-        x = self.conv1(const, s[0], noise[0], input_gain=1.0)
-        skip = self.to_rgb1(x, s[1])
-        for b in range(len(self.to_rgbs)):
-            if 2 ** (b + 2) >= stop:
-                break
-            x = self.convs[2 * b](x, s[3 * b + 2], noise[2 * b + 1])
-            x = self.convs[2 * b + 1](x, s[3 * b + 3], noise[2 * b + 2])
-            skip = self.to_rgbs[b](x, s[3 * b + 4], skip)
+        last = 1 if stop == 4 else 3 * (stop.bit_length() - 4) + 4  # the ToRGB at `stop`
+        n = s[-1].shape[0]
+        if start is None:
+            first, skip = 0, None
+            # channels_last lets oneDNN run the convolutions and the depthwise blur without layout reorders.
+            x = self.input(n).contiguous(memory_format=torch.channels_last)
+        else:
+            first, x, skip = start
+            if first > last:
+                raise ValueError(f"start layer {first} lies beyond the ToRGB at resolution {stop}")
+            x = x.expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last) if x.shape[0] != n else x
+            skip = skip.expand(n, -1, -1, -1) if skip is not None and skip.shape[0] != n else skip
+        for i in range(first, last + 1):
+            x, skip = self._style_layer_step(i, x, skip, s[i], noise)
         return skip.contiguous()
+
+    @torch.no_grad()
+    def synthesis_prefix(self, s: list[torch.Tensor], layer_index: int,
+                         noise: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The inputs (x, skip) of style layer `layer_index` for codes s ([N, dim_l] each): pass them as
+        `synthesis(..., start=(layer_index, x, skip))` to render edits of that layer or later ones."""
+        noise = self.noise_buffers() if noise is None else noise
+        x, skip = self.input(s[0].shape[0]).contiguous(memory_format=torch.channels_last), None
+        for i in range(layer_index):
+            x, skip = self._style_layer_step(i, x, skip, s[i], noise)
+        return x, skip
+
+    def _style_layer_step(self, i: int, x: torch.Tensor, skip: torch.Tensor | None, s_i: torch.Tensor,
+                          noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Style layer i (S order: conv1, to_rgb1, then per block: conv up, conv, ToRGB) → (x, skip)."""
+        if i == 0:
+            return self.conv1(x, s_i, noise[0], input_gain=1.0), skip
+        if i == 1:
+            return x, self.to_rgb1(x, s_i)
+        block, kind = divmod(i - 2, 3)
+        if kind < 2:
+            return self.convs[2 * block + kind](x, s_i, noise[2 * block + kind + 1]), skip
+        return x, self.to_rgbs[block](x, s_i, skip)
 
     def synthesis_w_plus(self, w_plus: torch.Tensor, **kwargs) -> torch.Tensor:
         """w_plus: [N, L, D] → img [N, 3, R, R]; kwargs as in `synthesis`."""
