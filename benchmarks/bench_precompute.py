@@ -45,6 +45,7 @@ from styleclip.engines.precompute import (  # noqa: E402
     sample_w,
 )
 from styleclip.engines.statistics import conv_channel_index, load_statistics  # noqa: E402
+from styleclip.evaluation import HELDOUT_EDITS  # noqa: E402
 from styleclip.imaging import img_to_images  # noqa: E402
 
 DIRECTIONS = [("face", "smiling face"), ("face", "face with blond hair"), ("face", "face with glasses"),
@@ -152,13 +153,14 @@ def candidate_channels(fs3_ours: torch.Tensor, clip_model, k: int, n_random: int
 
 
 def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int,
-              ref_rows: torch.Tensor | None = None, random_rows: set[int] | None = None) -> dict:
-    """Top-k overlap of |relevance| per direction. With `ref_rows`, fs3_ref holds only those rows of the
+              ref_rows: torch.Tensor | None = None, random_rows: set[int] | None = None,
+              directions: list[tuple[str, str]] = DIRECTIONS) -> dict:
+    """Top-k overlap of |relevance| per direction (text pairs, default DIRECTIONS). With `ref_rows`, fs3_ref holds only those rows of the
     matrix: the reference's top-k is taken among them (ours among all rows), and `random_rows` (rows outside our
     candidate sets) are counted when they enter the reference's top-k."""
     rows = torch.arange(fs3_ours.shape[0]) if ref_rows is None else ref_rows
     per_direction = {}
-    for neutral, target in DIRECTIONS:
+    for neutral, target in directions:
         dt, _ = text_direction(clip_model, neutral, target)
         r_ours_all, r_ref = (fs3_ours @ dt).abs(), (fs3_ref @ dt).abs()
         r_ours = r_ours_all[rows]
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--basis-rank", type=int, default=0,
                    help="with --model ffhq --flops-only: the basis rank to cost (0: the full Jacobian everywhere)")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--directions", choices=("precompute", "heldout-edits"), default="precompute",
+                   help="text pairs of the agreement: the 10 this benchmark was built with (the refinement's "
+                        "settings were chosen on them), or the edit benchmark's 12 held-out edits")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flops-only", action="store_true", help="skip the agreement (needs no statistics)")
     args = p.parse_args(argv)
@@ -225,9 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     stats = loaded.engine().stats
     log = lambda done, total, stage: done % max(1, total // 20) == 0 and print(  # noqa: E731
         f"{stage}: {done}/{total} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    fs3_ours, n_ours = stats.fs3, int(stats.manifest.get("n_images", RELEVANCE_IMAGES))
-    basis_images, basis_rank = int(stats.manifest.get("basis_images", 0)), int(stats.manifest.get("basis_rank", 0))
-    probe_images, refined_rows = int(stats.manifest.get("probe_images", 0)), stats.manifest.get("refined_rows", [])
+    ours = load_statistics(args.ours_dir, loaded.generator) if args.ours_dir is not None else stats
+    fs3_ours, n_ours = ours.fs3, int(ours.manifest.get("n_images", RELEVANCE_IMAGES))
+    basis_images, basis_rank = int(ours.manifest.get("basis_images", 0)), int(ours.manifest.get("basis_rank", 0))
+    probe_images, refined_rows = int(ours.manifest.get("probe_images", 0)), ours.manifest.get("refined_rows", [])
     t0 = time.time()
     if args.ours_images:
         info: dict = {}
@@ -239,11 +245,6 @@ def main(argv: list[str] | None = None) -> None:
                                              progress=log), args.ours_images
         basis_images, basis_rank = args.basis_images, info["basis_rank"]
         probe_images, refined_rows = args.probe_images, info["refined_rows"]
-    elif args.ours_dir is not None:
-        ours = load_statistics(args.ours_dir, loaded.generator)
-        fs3_ours, n_ours = ours.fs3, int(ours.manifest["n_images"])
-        basis_images, basis_rank = int(ours.manifest["basis_images"]), int(ours.manifest["basis_rank"])
-        probe_images, refined_rows = int(ours.manifest.get("probe_images", 0)), ours.manifest.get("refined_rows", [])
     result = {"model": loaded.name, "ours_seconds": round(time.time() - t0, 1) if args.ours_images else None,
               **cost(loaded.generator, loaded.clip, n_ours, basis_images, basis_rank, probe_images, refined_rows)}
     if not args.flops_only:
@@ -265,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
             result["reference_seconds"] = round(time.time() - t0, 1)
         result.update({"reference_images": args.ref_images, "reference_seed": args.ref_seed,
                        "reference_rows": int(fs3_ref.shape[0])})
-        result["agreement"] = agreement(fs3_ours, fs3_ref, loaded.clip, args.k, rows, random_rows)
+        directions = DIRECTIONS if args.directions == "precompute" else [
+            (spec.neutral, spec.target) for spec in HELDOUT_EDITS]
+        result["agreement"] = agreement(fs3_ours, fs3_ref, loaded.clip, args.k, rows, random_rows, directions)
     print(json.dumps(result))
 
 
