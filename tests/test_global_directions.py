@@ -171,26 +171,28 @@ def test_equal_texts_are_refused(engine):
 
 
 # ------------------------------------------------------------------------------------------ precompute
-@pytest.mark.parametrize("stop_after, done", [(1, {"jacobian": 1, "refinement": 0}),
-                                              (2, {"jacobian": 2, "refinement": 0}),
-                                              (4, {"jacobian": 3, "refinement": 1})])
-def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_after, done):
-    # basis_images=1: the run is cut once inside the full-Jacobian phase's end (1), once inside the projected
-    # phase (2), whose basis must come back from the saved Gram matrix, and once inside the refinement (4),
-    # whose channel choice must come back from the saved probe.
+@pytest.mark.parametrize("stop_at", [{"jacobian": 1, "refinement": 0}, {"jacobian": 2, "refinement": 0},
+                                     {"jacobian": 3, "refinement": 1}, "probe"])
+def test_relevance_resume_equals_an_uninterrupted_run(tmp_path, stop_at):
+    # basis_images=1: the run is cut inside the full-Jacobian phase's end, inside the projected phase (whose basis
+    # must come back from the saved Gram matrix), inside the refinement (whose channel choice must come back from
+    # the saved probe), and in the middle of the first image's probe (nothing saved yet).
     g, clip_model = make_tiny_generator(size=32), tiny_clip()
     kwargs = {"n_images": 3, "basis_images": 1, "basis_energy": 0.99, "refine_channels": 5, "probe_images": 1,
               "s_stats": compute_s_stats(g, n=500)}
     full = compute_relevance(g, clip_model, **kwargs)
     calls = {"n": 0}
 
-    def stop_early():
+    def stop_early() -> bool:
         calls["n"] += 1
-        return calls["n"] > stop_after
+        if stop_at == "probe":
+            return calls["n"] == 3  # the loop's check, then the probe's first chunks
+        saved = tmp_path / "relevance.json"
+        return saved.is_file() and json.loads(saved.read_text())["done"] == stop_at
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="probing" if stop_at == "probe" else "stopped"):
         compute_relevance(g, clip_model, state_dir=tmp_path, should_stop=stop_early, **kwargs)
-    assert json.loads((tmp_path / "relevance.json").read_text())["done"] == done
+    assert (tmp_path / "relevance.json").is_file() == (stop_at != "probe")
     resumed = compute_relevance(g, clip_model, state_dir=tmp_path, **kwargs)
     torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
     assert torch.allclose(full.norm(dim=1), torch.ones(full.shape[0]), atol=1e-4)

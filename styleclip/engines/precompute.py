@@ -212,6 +212,14 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
         with torch.no_grad():
             return generator.s_to_flat(generator.w_plus_to_s(generator.w_to_w_plus(ws[i][None])))
 
+    def probe_progress(i: int) -> ProgressFn:
+        def report(done_rows: int, total_rows: int, _: str) -> None:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped while probing image {i + 1} of {probe_images}; run again to resume")
+            if progress:
+                progress(done_rows, total_rows, f"probe, image {i + 1} of {probe_images}")
+        return report
+
     basis, all_rows = None, torch.arange(c)
     for i in range(done["jacobian"], n_images):
         if should_stop is not None and should_stop():
@@ -224,7 +232,8 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
         unit_rows = jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
         state["relevance_acc"] += unit_rows
         if refine_channels and i < probe_images:
-            secants = channel_secants(generator, clip_model, code(i), *s_stats, all_rows)[0].double()
+            secants = channel_secants(generator, clip_model, code(i), *s_stats, all_rows,
+                                      progress=probe_progress(i))[0].double()
             state["probe_agreement"] += (unit_rows * secants).sum(1)
             state["probe_secants"] += secants
         checkpoint("jacobian", i + 1)
@@ -307,7 +316,8 @@ def precompute(generator: Generator, clip_model: ClipModel, out_dir: Path, *, n_
 
 @torch.inference_mode()
 def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.Tensor, mean: torch.Tensor,
-                    std: torch.Tensor, rows: torch.Tensor, chunk: int = 25, quantise: bool = True) -> torch.Tensor:
+                    std: torch.Tensor, rows: torch.Tensor, chunk: int = 25, quantise: bool = True,
+                    progress: ProgressFn | None = None) -> torch.Tensor:
     """The official procedure's per-image unit differences for chosen conv channels: each channel set to mean ± 5σ
     in each code, rendered at full resolution, uint8-quantised and encoded through CLIP's PIL preprocessing
     (`quantise` False: the float render encoded directly, for diagnostics).
@@ -317,6 +327,8 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
 
     Args:
         s_flat: [N, S] codes; mean, std: [S] S statistics; rows: [R] conv-channel indices (rows of fs3).
+        progress: called after each chunk with (rows done, R, "official differences"), per code; it may raise to
+            stop (a full FFHQ probe image takes hours on a CPU).
 
     Returns:
         [N, R, D] unit embedding differences (+5σ minus −5σ).
@@ -327,7 +339,7 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
         layer_of[layer.offset:layer.offset + layer.dim] = layer.index
     out = torch.zeros(len(s_flat), len(rows), clip_model.embed_dim)
     for n in range(len(s_flat)):
-        code = s_flat[n:n + 1]
+        code, finished = s_flat[n:n + 1], 0
         for layer_index in layer_of[positions].unique().tolist():
             members = (layer_of[positions] == layer_index).nonzero()[:, 0]
             start = (layer_index, *generator.synthesis_prefix(generator.flat_to_s(code), layer_index))
@@ -342,6 +354,9 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
                 emb = clip_model.encode_image_eval(img_to_images(img)) if quantise else clip_model.encode_image(img)
                 diff = emb[1::2] - emb[0::2]
                 out[n, part] = diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                finished += len(part)
+                if progress:
+                    progress(finished, len(rows), "official differences")
     return out
 
 
