@@ -155,9 +155,9 @@ def candidate_channels(fs3_ours: torch.Tensor, clip_model, k: int, n_random: int
 def agreement(fs3_ours: torch.Tensor, fs3_ref: torch.Tensor, clip_model, k: int,
               ref_rows: torch.Tensor | None = None, random_rows: set[int] | None = None,
               directions: list[tuple[str, str]] = DIRECTIONS) -> dict:
-    """Top-k overlap of |relevance| per direction (text pairs, default DIRECTIONS). With `ref_rows`, fs3_ref holds only those rows of the
-    matrix: the reference's top-k is taken among them (ours among all rows), and `random_rows` (rows outside our
-    candidate sets) are counted when they enter the reference's top-k."""
+    """Top-k overlap of |relevance| per direction (text pairs, default DIRECTIONS). With `ref_rows`, fs3_ref holds
+    only those rows of the matrix: the reference's top-k is taken among them (ours among all rows), and
+    `random_rows` (rows outside our candidate sets) are counted when they enter the reference's top-k."""
     rows = torch.arange(fs3_ours.shape[0]) if ref_rows is None else ref_rows
     per_direction = {}
     for neutral, target in directions:
