@@ -82,19 +82,21 @@ class _ProgressPrinter:
     """Progress lines with an ETA on stderr (stdout keeps the one JSON line)."""
 
     def __init__(self):
-        self.t0, self.stage, self.last = time.time(), None, 0.0
+        self.started: dict[str, tuple[float, int]] = {}
+        self.last = 0.0
 
     def __call__(self, done: int, total: int, stage: str) -> None:
         now = time.time()
-        # Text after " | " is live detail (the mapper's losses); only the part before it is the stage.
-        if stage.split(" | ", 1)[0] != self.stage:
-            self.stage, self.t0 = stage.split(" | ", 1)[0], now
+        # Text after " | " is live detail (the mapper's losses); only the part before it is the stage. A stage's
+        # clock starts at its first report and keeps running when stages take turns (the precompute's relevance
+        # and probe stages do on the first images).
+        t0, done0 = self.started.setdefault(stage.split(" | ", 1)[0], (now, done))
         if now - self.last < 1.0 and done < total:
             return
         self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        print(f"{stage}: {done}/{total} ({100 * done / total:.0f}%), ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        rate = (done - done0) / max(now - t0, 1e-9)
+        eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
+        print(f"{stage}: {done}/{total} ({100 * done / total:.0f}%), ETA {eta}", file=sys.stderr, flush=True)
 
 
 def cmd_precompute(args: argparse.Namespace) -> dict:

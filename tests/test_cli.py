@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from styleclip.cli import main, seed_to_z
+from styleclip.cli import _ProgressPrinter, main, seed_to_z
 from styleclip.imaging import img_to_image
 from styleclip.models.clip_model import ClipModel, build_small_clip
 from styleclip.models.generator_io import load_generator
@@ -73,3 +73,17 @@ def test_encode_text_rejects_empty_and_overlong_text(tmp_path):
     for text in ("   ", "word " * 100):
         result = run_cli("encode-text", "--clip", str(tmp_path / "clip.pt"), "--out", str(tmp_path / "e.npy"), text)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_progress_eta_keeps_each_stage_clock_when_stages_take_turns(monkeypatch, capsys):
+    clock = {"now": 100.0}
+    monkeypatch.setattr("styleclip.cli.time.time", lambda: clock["now"])
+    printer = _ProgressPrinter()
+    for now, done, stage in [(100.0, 0, "relevance"), (101.0, 10, "probe, image 1 of 2"),
+                             (110.0, 5, "relevance"), (120.0, 20, "probe, image 1 of 2")]:
+        clock["now"] = now
+        printer(done, 10 if stage == "relevance" else 40, stage)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("ETA ?")  # no rate yet
+    assert lines[2] == "relevance: 5/10 (50%), ETA 10 s"  # 5 done in 10 s, the probe's turn included
+    assert lines[3] == "probe, image 1 of 2: 20/40 (50%), ETA 38 s"  # 10 more in 19 s
