@@ -299,3 +299,31 @@ def test_mapper_run_path_is_stable_and_names_the_identity_weight(monkeypatch):
     monkeypatch.setattr(app.STUDIO, "mapper_identity", lambda model: (None, 0.0, None))
     other_path, other_weight = app.mapper_run_path("toyfaces", "smiling face", 300, 0.8)
     assert other_weight == 0.0 and other_path != path and other_path.parent == path.parent
+
+
+def test_missing_statistics_get_a_plain_message_and_the_compute_button_makes_them(monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO))
+    import functools
+
+    import gradio as gr
+
+    import app
+    from styleclip.engines.precompute import precompute
+    from styleclip.models import model_zoo
+    from styleclip.studio import Studio
+
+    monkeypatch.setattr(model_zoo, "PRECOMPUTED_ROOT", tmp_path)  # a checkout without precomputed/ files
+    monkeypatch.setattr(app, "STUDIO", Studio())
+    # The button's own handler and the library's precompute, on a smaller sample than the default's 100 images
+    # (which take minutes here).
+    monkeypatch.setattr(app, "precompute", functools.partial(precompute, n_stats=2000, n_images=2,
+                                                             refine_channels=0))
+    state = app.new_session("toyfaces", 3)
+    with pytest.raises(gr.Error, match="Compute statistics"):
+        app.on_edit(state, "face", "smiling face", 4.1, 0.15)
+    reports = []
+    message = app.on_compute_stats(state, progress=lambda share, desc: reports.append((share, desc)))
+    assert str(tmp_path / "toyfaces") in message and (tmp_path / "toyfaces" / "fs3.npy").is_file()
+    assert reports and reports[-1][0] == 1.0
+    image, info, _ = app.on_edit(state, "face", "smiling face", 4.1, 0.15)
+    assert "channels" in info.lower() and np.asarray(image).ndim == 3
