@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -327,3 +328,31 @@ def test_missing_statistics_get_a_plain_message_and_the_compute_button_makes_the
     assert reports and reports[-1][0] == 1.0
     image, info, _ = app.on_edit(state, "face", "smiling face", 4.1, 0.15)
     assert "channels" in info.lower() and np.asarray(image).ndim == 3
+
+
+def test_a_second_optimization_in_one_session_is_refused_while_other_sessions_run():
+    sys.path.insert(0, str(REPO))
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    import app
+
+    def run(session: str, seed: int):
+        return app.on_optimize(app.new_session("toyfaces", seed), "smiling face", 4, 0.05, 0.0, "edit", "w_plus",
+                               request=SimpleNamespace(session_hash=session))
+
+    first = run("s1", 0)
+    next(first)  # the first run is going
+    with pytest.raises(gr.Error, match="already running in this session"):
+        next(run("s1", 1))
+    other = [update for update in run("s2", 2)]  # another user is served meanwhile, to the end
+    assert other and other[-1][0] is not None  # its last update carries the result image
+    list(first)
+    again = run("s1", 3)  # the session is free once its run has ended
+    next(again)
+    again.close()  # as Gradio cancels: the worker stops at its next step
+    deadline = time.time() + 60
+    while any(t.name == "studio-job" and t.is_alive() for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "studio-job" and t.is_alive() for t in threading.enumerate())
