@@ -38,6 +38,7 @@ from benchmarks.bench_precompute import agreement  # noqa: E402
 from styleclip.engines.precompute import (  # noqa: E402
     RELEVANCE_SEED,
     channel_secants,
+    compute_relevance,
     image_jacobian_directions,
     sample_w,
 )
@@ -114,18 +115,15 @@ def quadrature(loaded, n_images: int, n_channels: int, eps: float = 0.05) -> dic
     return {"images": n_images, "channels": n_channels, "cos_with_official_float_difference": summary}
 
 
-@torch.inference_mode()
 def probe(loaded, reference: torch.Tensor, bases: dict[str, torch.Tensor], n_images: int, refine: list[int],
           k: int, save_dir: Path | None) -> dict:
-    g = loaded.generator
-    agreeing = torch.zeros(conv_channel_index(g).numel())
-    conv = conv_channel_index(g)
-    for w in sample_w(g, n_images, RELEVANCE_SEED, loaded.bundle.truncation):
-        with torch.inference_mode():
-            s_flat = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None])))
-        secants = _image_secants(loaded, s_flat, torch.arange(conv.numel()))
-        agreeing += (image_jacobian_directions(g, loaded.clip, w) * secants).sum(1) / n_images
-    order = agreeing.argsort()  # least agreeing first
+    g, stats = loaded.generator, loaded.engine().stats
+    # The precompute's own probe, on the probe images only: it ranks every channel and refines none.
+    info: dict = {}
+    compute_relevance(g, loaded.clip, n_images=n_images, truncation=loaded.bundle.truncation,
+                      refine_channels=conv_channel_index(g).numel(), probe_images=n_images,
+                      s_stats=(stats.mean, stats.std), info=info)
+    order, agreeing = torch.tensor(info["refined_rows"]), info["probe_cosine"]  # least agreeing first
     result: dict = {"images": n_images, "tangent_secant_cosine_quantiles": {
         q: round(float(agreeing.quantile(q)), 4) for q in (0.01, 0.05, 0.5)}}
     for name, base in bases.items():

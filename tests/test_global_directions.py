@@ -243,6 +243,7 @@ def test_refinement_swaps_in_the_official_rows_of_the_least_linear_channels():
                   * channel_secants(g, clip_model, g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w[None]))), mean, std,
                                     torch.arange(base.shape[0]))[0]).sum(1) for w in ws)
     assert set(chosen.tolist()) == set(cosine.argsort()[:6].tolist())
+    torch.testing.assert_close(info["probe_cosine"], (cosine / 2).float(), atol=1e-4, rtol=0)
     official = reference_relevance(g, clip_model, mean, std, n_images=3, channels=chosen)
     torch.testing.assert_close(refined[chosen], official, atol=1e-4, rtol=0)
     others = torch.ones(base.shape[0], dtype=torch.bool)

@@ -166,8 +166,10 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
     with their Jacobian columns (mean cosine over the probe images) are chosen, and their differences on the other
     images complete their official rows. The choice needs no text, so the matrix serves every edit.
 
-    `info`, when given, receives "basis_rank" (0: the full Jacobian everywhere) and "refined_rows" (the chosen
-    channels, least agreeing first).
+    `info`, when given, receives "basis_rank" (0: the full Jacobian everywhere), "refined_rows" (the chosen
+    channels, least agreeing first) and, with refinement, "probe_cosine" ([C] each channel's mean cosine between
+    its Jacobian column and its official difference on the probe images; with n_images == probe_images the
+    probe alone runs, and refine_channels == C ranks every channel).
     """
     if basis_energy is not None and not 0 < basis_energy <= 1:
         raise ValueError(f"basis_energy must be a share in (0, 1], got {basis_energy}")
@@ -260,6 +262,8 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
     if info is not None:
         info["basis_rank"] = 0 if basis is None else int(basis.shape[0])
         info["refined_rows"] = refined.tolist()
+        if refine_channels:
+            info["probe_cosine"] = (state["probe_agreement"] / probe_images).float()
     return fs3.float()
 
 
