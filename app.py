@@ -26,13 +26,17 @@ from styleclip.engines.optimization import OptimizationCancelled
 from styleclip.engines.precompute import Cancelled, precompute
 from styleclip.imaging import img_to_image
 from styleclip.models import model_zoo
+from styleclip.models.device import DeviceError
 from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
                               INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_GROUPS, MAPPER_STEPS_DEFAULT,
                               MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_RANGE,
                               MissingStatisticsError, Studio, validate_groups)
 
 log = logging.getLogger("styleclip.app")
-STUDIO = Studio()
+try:
+    STUDIO = Studio()  # device from $STYLECLIP_DEVICE, else a CUDA GPU when there is one
+except DeviceError as exc:
+    raise SystemExit(f"error: {exc}") from None
 DISPLAY_SIZE = 256
 EXAMPLE_SEEDS = list(range(12))
 DEFAULT_NEUTRAL, DEFAULT_TARGET = "face", "smiling face"
@@ -649,7 +653,7 @@ def build_demo() -> gr.Blocks:
                                                height=220)
                         opt_files = gr.File(label="Downloads: image, latent (.npz), optimization path (GIF)",
                                             file_count="multiple", interactive=False)
-        gr.Markdown(f"<small>custom ops: {ops.describe()} · torch {torch.__version__}</small>")
+        gr.Markdown(f"<small>device: {STUDIO.device} · custom ops: {ops.describe(STUDIO.device)} · torch {torch.__version__}</small>")
 
         # Hidden API endpoints; their input components live in an invisible row so the page does not show them.
         with gr.Row(visible=False):

@@ -39,19 +39,20 @@ def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim).astype(np.float32))
 
 
-def _load_generator(spec: str):
-    from .models import model_zoo
-    return model_zoo.load_generator_spec(spec)
-
-
 def cmd_render(args: argparse.Namespace) -> dict:
     from .imaging import img_to_image, save_image
+    from .models import model_zoo
+    from .models.device import resolve_device
 
-    g = _load_generator(args.generator)
-    z = seed_to_z(args.seed, g.style_dim)
+    device = resolve_device(args.device)
+    g = model_zoo.load_generator_spec(args.generator, device)
+    z = seed_to_z(args.seed, g.style_dim).to(device)
     with torch.inference_mode():
         def forward():
-            return g(z, truncation=args.truncation)
+            img = g(z, truncation=args.truncation)
+            if device.type == "cuda":  # kernels run asynchronously: time them to the end
+                torch.cuda.synchronize(device)
+            return img
 
         img = forward()
         timings = []
@@ -60,7 +61,8 @@ def cmd_render(args: argparse.Namespace) -> dict:
             forward()
             timings.append(time.perf_counter() - t0)
     save_image(img_to_image(img), args.out)
-    out = {"out": str(args.out), "size": g.size, "seed": args.seed, "truncation": args.truncation}
+    out = {"out": str(args.out), "size": g.size, "seed": args.seed, "truncation": args.truncation,
+           "device": str(device)}
     if timings:
         out.update(repeat=args.repeat, median_s=statistics.median(timings), min_s=min(timings))
     return out
@@ -68,8 +70,9 @@ def cmd_render(args: argparse.Namespace) -> dict:
 
 def cmd_encode_text(args: argparse.Namespace) -> dict:
     from .models.clip_model import ClipModel
+    from .models.device import resolve_device
 
-    model = ClipModel.load(args.clip)
+    model = ClipModel.load(args.clip, device=resolve_device(args.device))
     t0 = time.perf_counter()
     emb = model.encode_text(list(args.texts))
     elapsed = time.perf_counter() - t0
@@ -104,7 +107,7 @@ def cmd_precompute(args: argparse.Namespace) -> dict:
     from .models import model_zoo
     from .studio import Studio
 
-    loaded = Studio().model(args.model)
+    loaded = Studio(args.device).model(args.model)
     out = Path(args.out) if args.out else model_zoo.precomputed_dir(loaded.name)
     t0 = time.perf_counter()
     stats = precompute(loaded.generator, loaded.clip, out, n_stats=args.n_stats, n_images=args.n_images,
@@ -119,7 +122,7 @@ def cmd_edit(args: argparse.Namespace) -> dict:
     from .imaging import save_image
     from .studio import Studio
 
-    studio = Studio()
+    studio = Studio(args.device)
     t0 = time.perf_counter()
     loaded = studio.model(args.model)
     t_load = time.perf_counter() - t0
@@ -145,7 +148,7 @@ def cmd_optimize(args: argparse.Namespace) -> dict:
     )
 
     text = validate_text(args.text, "target")
-    loaded = Studio().model(args.model)
+    loaded = Studio(args.device).model(args.model)
     try:
         l2_lambda, id_lambda, identity = optimization_weights(loaded, args.l2_lambda, args.id_lambda)
     except ValueError as exc:
@@ -213,7 +216,7 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
     from .studio import Studio, validate_text
 
     text = validate_text(args.text, "mapper")
-    studio = Studio()
+    studio = Studio(args.device)
     loaded = studio.model(args.model)
     try:
         identity, id_weight, note = studio.mapper_identity(loaded.name, args.id_weight)
@@ -258,7 +261,7 @@ def cmd_apply_mapper(args: argparse.Namespace) -> dict:
     from .studio import Studio
 
     t0 = time.perf_counter()
-    loaded = Studio().model(args.model)
+    loaded = Studio(args.device).model(args.model)
     t_load = time.perf_counter() - t0
     mapper = load_mapper(args.mapper, loaded.generator)
     w_plus = loaded.source_w_plus(args.seed)  # [1, L, D] at the bundle's truncation
@@ -351,7 +354,7 @@ def cmd_invert(args: argparse.Namespace) -> dict:
     if args.steps < 1 or args.s_steps < 0:
         raise CliError(f"--steps must be >= 1 and --s-steps >= 0, got {args.steps} and {args.s_steps}")
     image = load_image(args.image)
-    loaded = Studio().model(args.model)
+    loaded = Studio(args.device).model(args.model)
     target = image_to_img(image, loaded.generator.size)  # [1, 3, R, R] in [-1, 1]
     progress = _stderr_progress()
     t0 = time.perf_counter()
@@ -445,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimize_parser(sub)
     _add_mapper_parsers(sub)
     _add_photo_parsers(sub)
+    for name, p in sub.choices.items():
+        if name != "align":  # alignment runs dlib only
+            p.add_argument("--device", default=None,
+                           help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+                                "(default: $STYLECLIP_DEVICE, else auto)")
     return parser
 
 

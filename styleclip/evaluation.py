@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .models.device import module_device
 from .toyfaces.attributes import ATTRIBUTES, attribute
 
 if TYPE_CHECKING:
@@ -261,11 +262,12 @@ class _Reading:
 
 
 def _read(classifier: AttributeClassifier, img: torch.Tensor, batch: int = 64) -> _Reading:
-    """Classifies img [N, 3, H, W] in chunks of `batch`."""
+    """Classifies img [N, 3, H, W] (any device) in chunks of `batch`; the readings are on the CPU."""
     preds: dict[str, list[torch.Tensor]] = {}
+    device = module_device(classifier)
     for i in range(0, img.shape[0], batch):
-        for name, p in classifier.predict(img[i : i + batch]).items():
-            preds.setdefault(name, []).append(p)
+        for name, p in classifier.predict(img[i : i + batch].to(device)).items():
+            preds.setdefault(name, []).append(p.cpu())
     kinds = {a.name: a.kind for a in ATTRIBUTES}
     labels, values = {}, {}
     for name, parts in preds.items():

@@ -24,6 +24,7 @@ from .engines.statistics import GlobalStatistics, StatisticsError, load_statisti
 from .imaging import img_to_image, img_to_images
 from .models import model_zoo, registry
 from .models.clip_model import ClipModel
+from .models.device import module_device, resolve_device
 from .models.generator import Generator
 
 __all__ = ["Studio", "LoadedModel", "ALPHA_RANGE", "BETA_RANGE", "MAX_TEXT_CHARS", "validate_text",
@@ -103,7 +104,10 @@ def seed_to_z(seed: int, z_dim: int) -> torch.Tensor:
 
 @dataclass
 class LoadedModel:
-    """One bundle's networks, loaded once and shared by every session."""
+    """One bundle's networks, loaded once on one device and shared by every session.
+
+    Codes handed to the app (`s_of_seed`) are on the CPU; the methods take codes on any device.
+    """
 
     bundle: model_zoo.ModelBundle
     generator: Generator
@@ -117,6 +121,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.bundle.name
+
+    @property
+    def device(self) -> torch.device:
+        """Where the generator and CLIP run."""
+        return module_device(self.generator)
 
     def engine(self) -> GlobalDirections:
         """The global-direction engine; raises MissingStatisticsError when precomputed files are absent."""
@@ -136,14 +145,15 @@ class LoadedModel:
                                         relevance_shrinkage=self.bundle.relevance_shrinkage)
 
     def source_w_plus(self, seed: int) -> torch.Tensor:
-        """w_plus [1, L, D] for a seed at the bundle's truncation (cached)."""
+        """w_plus [1, L, D] for a seed at the bundle's truncation, on the model's device (cached)."""
         seed = validate_seed(seed)
         with self._lock:
             if seed in self._sources:
                 self._sources.move_to_end(seed)
                 return self._sources[seed]
         with torch.inference_mode():
-            w_plus = self.generator.z_to_w_plus(seed_to_z(seed, self.generator.style_dim), self.bundle.truncation)
+            z = seed_to_z(seed, self.generator.style_dim).to(self.device)
+            w_plus = self.generator.z_to_w_plus(z, self.bundle.truncation)
         with self._lock:
             self._sources[seed] = w_plus
             while len(self._sources) > 256:
@@ -152,13 +162,13 @@ class LoadedModel:
 
     @torch.inference_mode()
     def s_of_seed(self, seed: int) -> torch.Tensor:
-        """Flat s [1, s_dim] of a seed's source image."""
-        return self.generator.s_to_flat(self.generator.w_plus_to_s(self.source_w_plus(seed)))
+        """Flat s [1, s_dim] of a seed's source image, on the CPU (the app's state holds it)."""
+        return self.generator.s_to_flat(self.generator.w_plus_to_s(self.source_w_plus(seed))).cpu()
 
     @torch.inference_mode()
     def render_s(self, s: torch.Tensor) -> np.ndarray:
-        """Flat s [1, s_dim] → uint8 image [R, R, 3]."""
-        return img_to_image(self.generator.synthesis(self.generator.flat_to_s(s)))
+        """Flat s [1, s_dim] (any device) → uint8 image [R, R, 3]."""
+        return img_to_image(self.generator.synthesis(self.generator.flat_to_s(s.to(self.device))))
 
 
 
@@ -175,7 +185,7 @@ def load_identity_network(loaded: LoadedModel) -> tuple[object, str | None]:
     from .models.identity import identity_for_bundle
 
     try:
-        return identity_for_bundle(loaded.name), None
+        return identity_for_bundle(loaded.name, loaded.device), None
     except (FileNotFoundError, CheckpointError) as exc:
         return None, str(exc).splitlines()[0]
 
@@ -233,9 +243,14 @@ def optimization_dir_lambda(loaded: LoadedModel, dir_lambda: float | None = None
 
 
 class Studio:
-    """Process-wide model cache plus the operations the app exposes."""
+    """Process-wide model cache plus the operations the app exposes.
 
-    def __init__(self):
+    device: where every model runs ("auto": a CUDA GPU when there is one; see `models.device.resolve_device`).
+    Tensors the methods return are on the CPU.
+    """
+
+    def __init__(self, device: str | torch.device | None = None):
+        self.device = resolve_device(device)
         self._models: dict[str, LoadedModel] = {}
         self._mappers: dict[str, torch.nn.Module] = {}  # loaded or trained mappers by file path
         self._lock = threading.Lock()
@@ -247,12 +262,11 @@ class Studio:
                 self._models[bundle.name] = self._load(bundle)
             return self._models[bundle.name]
 
-    @staticmethod
-    def _load(bundle: model_zoo.ModelBundle) -> LoadedModel:
+    def _load(self, bundle: model_zoo.ModelBundle) -> LoadedModel:
         g_path = registry.resolve(bundle.generator)
         c_path = registry.resolve(bundle.clip)
-        generator = model_zoo.load_generator_spec(str(g_path))
-        clip_model = ClipModel.load(c_path)
+        generator = model_zoo.load_generator_spec(str(g_path), self.device)
+        clip_model = ClipModel.load(c_path, device=self.device)
         return LoadedModel(bundle, generator, clip_model, registry.sha256_file(g_path), registry.sha256_file(c_path))
 
     # -------------------------------------------------------------------------------- global directions
@@ -277,7 +291,7 @@ class Studio:
         d = result.direction
         info = {
             "model": loaded.name, "seed": seed, "neutral": neutral, "target": target, "alpha": alpha,
-            "beta": beta, "channels": d.num_channels, "relevance_metric": loaded.engine().relevance_metric,
+            "beta": beta, "channels": d.num_channels, "device": str(loaded.device), "relevance_metric": loaded.engine().relevance_metric,
             "text_direction_norm": round(d.text_norm, 4),
             "top_channels": [{"layer": n, "channel": c, "relevance": round(r, 4)} for n, c, r in d.top_channels],
             "timings_ms": {k: round(v * 1000, 1) for k, v in result.timings.items()}
@@ -294,7 +308,7 @@ class Studio:
     def apply_edit(self, model: str, s: torch.Tensor, neutral: str, target: str, alpha, beta) -> torch.Tensor:
         """s + alpha·Δs as the new source code [1, s_dim] (for stacking edits)."""
         engine = self.model(model).engine()
-        return engine.edit(s, neutral, target, float(alpha), float(beta)).s
+        return engine.edit(s, neutral, target, float(alpha), float(beta)).s.cpu()
 
     def alpha_sweep_gif(self, model: str, s: torch.Tensor, neutral: str, target: str, alpha, beta,
                         frames: int = 16, size: int = 256) -> bytes:
@@ -317,7 +331,7 @@ class Studio:
         engine = self.model(model).engine()
         d = engine.direction(neutral, target, float(beta))
         buf = io.BytesIO()
-        np.savez(buf, s_source=s.numpy(), s_edited=s_edit.numpy(), delta_s=d.delta_s.numpy(),
+        np.savez(buf, s_source=s.cpu().numpy(), s_edited=s_edit.cpu().numpy(), delta_s=d.delta_s.cpu().numpy(),
                  alpha=np.float32(alpha), beta=np.float32(beta), neutral=neutral, target=target,
                  num_channels=np.int32(d.num_channels), model=self.model(model).name,
                  relevance_metric=engine.relevance_metric)
@@ -404,13 +418,14 @@ class Studio:
                           should_stop=should_stop, preview_every=preview_every, on_preview=preview,
                           on_step=on_step, dir_lambda=dir_lambda, neutral=DIRECTIONAL_NEUTRAL)
         first = result.history[0]
-        info = {"model": loaded.name, "seed": seed, "text": text, "mode": mode, "space": space, "steps": steps,
+        info = {"model": loaded.name, "device": str(loaded.device), "seed": seed, "text": text, "mode": mode,
+                "space": space, "steps": steps,
                 "l2_lambda": l2_lambda, "dir_lambda": dir_lambda,
                 "id_lambda": id_lambda, "clip_loss_start": round(first.clip_loss, 4),
                 "clip_loss_end": round(result.final_clip_loss, 4),
                 "seconds": round(time.perf_counter() - t0, 2)}
         latent = result.w_plus if space == "w_plus" else loaded.generator.s_to_flat(result.s)
-        info["latent"] = latent.detach().numpy()  # w_plus [1, L, D] or flat s [1, s_dim]; not JSON
+        info["latent"] = latent.detach().cpu().numpy()  # w_plus [1, L, D] or flat s [1, s_dim]; not JSON
         return img_to_image(result.img[0]), info
 
     # -------------------------------------------------------------------------------- latent mapper
@@ -440,13 +455,13 @@ class Studio:
             mapper = load_mapper(mapper_path, loaded.generator)
             self._mappers[str(mapper_path)] = mapper
         with torch.inference_mode():
-            w_plus = (torch.as_tensor(w_plus_source) if w_plus_source is not None
+            w_plus = (torch.as_tensor(w_plus_source).to(loaded.device) if w_plus_source is not None
                       else torch.cat([loaded.source_w_plus(s) for s in seeds]))
             generator = loaded.generator
             both = torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)])
             if w_plus_source is not None and s_source is not None:
                 flat = generator.s_to_flat(generator.w_plus_to_s(both))
-                flat = flat + (torch.as_tensor(s_source).reshape(1, -1) - flat[:1])
+                flat = flat + (torch.as_tensor(s_source).to(flat).reshape(1, -1) - flat[:1])
                 imgs = generator.synthesis(generator.flat_to_s(flat))
             else:
                 imgs = generator.synthesis_w_plus(both)
@@ -553,4 +568,4 @@ class Studio:
         info = {"model": loaded.name, "steps": steps, "s_steps": s_steps, "pixel_loss": pixel_loss,
                 "psnr": round(float(result.psnr), 2),
                 "seconds": round(time.perf_counter() - t0, 2)}
-        return result.w_plus.detach(), s_flat, img_to_image(result.img[0]), info
+        return result.w_plus.detach().cpu(), s_flat.cpu(), img_to_image(result.img[0]), info

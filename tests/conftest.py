@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,8 @@ from styleclip.models.generator_io import save_generator
 from styleclip.toyfaces.renderer import FaceParams
 
 torch.set_num_threads(2)
+# The suite's figures and tolerances are the CPU's, also on a machine with a GPU; the `gpu` tests name their device.
+os.environ.setdefault("STYLECLIP_DEVICE", "cpu")
 
 # A plain toyface that tests change one attribute at a time.
 BASE_FACE = FaceParams(

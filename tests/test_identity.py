@@ -197,7 +197,7 @@ def test_bundle_lookup(monkeypatch, tmp_path):
     monkeypatch.setattr(identity_module, "_CACHE", {})
     save_identity(small_identity(), tmp_path / "i.pt")
     monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
-                        lambda: load_toyfaces_identity(tmp_path / "i.pt"))
+                        lambda device="cpu": load_toyfaces_identity(tmp_path / "i.pt", device=device))
     toy = identity_for_bundle("toyfaces")
     assert isinstance(toy, ToyfacesIdentity) and identity_for_bundle("toyfaces") is toy  # cached
     with pytest.raises(ValueError, match="unknown model"):
@@ -212,7 +212,7 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
     monkeypatch.setattr(app, "STUDIO", studio)
     monkeypatch.setattr(identity_module, "_CACHE", {})
     monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
-                        lambda: load_toyfaces_identity(tmp_path / "missing.pt"))
+                        lambda device="cpu": load_toyfaces_identity(tmp_path / "missing.pt", device=device))
     available, note = studio.identity_status("toyfaces")
     assert not available and "train_identity" in note
     assert studio.mapper_identity("toyfaces")[:2] == (None, 0.0)  # automatic: goes without, with a note
@@ -226,7 +226,7 @@ def test_identity_status_and_the_apps_slider(monkeypatch, tmp_path):
 
     save_identity(small_identity(), tmp_path / "i.pt")
     monkeypatch.setitem(identity_module._DOMAIN_NETWORKS, "toyfaces",
-                        lambda: load_toyfaces_identity(tmp_path / "i.pt"))
+                        lambda device="cpu": load_toyfaces_identity(tmp_path / "i.pt", device=device))
     available, note = studio.identity_status("toyfaces")
     assert available and "toyfaces-identity" in note
     identity, weight, note = studio.mapper_identity("toyfaces")

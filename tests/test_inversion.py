@@ -134,7 +134,7 @@ def test_cli_invert_writes_npz(tmp_path, capsys, monkeypatch, generator, clip_mo
     from styleclip.cli import main
 
     loaded = SimpleNamespace(name="tiny", generator=generator, clip=clip_model)
-    monkeypatch.setattr(studio, "Studio", lambda: SimpleNamespace(model=lambda name: loaded))
+    monkeypatch.setattr(studio, "Studio", lambda device=None: SimpleNamespace(model=lambda name: loaded))
     src = tmp_path / "face.png"
     Image.fromarray(img_to_image(target)).save(src)
     out = tmp_path / "latent.npz"

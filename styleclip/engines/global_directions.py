@@ -169,7 +169,7 @@ class GlobalDirections:
                 self._relevance.move_to_end(key)
                 return self._relevance[key]
         dt, norm = text_direction(self.clip, *key)
-        r = self._relevance_of(dt)
+        r = self._relevance_of(dt.cpu())  # the statistics stay on the CPU: one [C, D] product per text pair
         with self._lock:
             self._lru_put(self._relevance, key, (r, norm))
         return r, norm
@@ -196,21 +196,29 @@ class GlobalDirections:
             self._lru_put(self._directions, key, direction)
         return direction
 
+    @property
+    def device(self) -> torch.device:
+        """The generator's device: codes are moved there to render."""
+        return self.generator.input.input.device
+
     @torch.inference_mode()
     def source_s(self, w_plus: torch.Tensor) -> torch.Tensor:
-        """w_plus [1, L, D] → flat s [1, s_dim] (callers cache it per source)."""
-        return self.generator.s_to_flat(self.generator.w_plus_to_s(w_plus))
+        """w_plus [1, L, D] (any device) → flat s [1, s_dim] on the generator's device (callers cache it)."""
+        return self.generator.s_to_flat(self.generator.w_plus_to_s(w_plus.to(self.device)))
 
     @torch.inference_mode()
     def render_s(self, s: torch.Tensor) -> torch.Tensor:
-        """Flat s [N, s_dim] → img [N, 3, R, R]."""
-        return self.generator.synthesis(self.generator.flat_to_s(s))
+        """Flat s [N, s_dim] (any device) → img [N, 3, R, R] on the generator's device."""
+        return self.generator.synthesis(self.generator.flat_to_s(s.to(self.device)))
 
     def edit(self, s: torch.Tensor, neutral: str, target: str, alpha: float, beta: float) -> EditResult:
-        """s [1, s_dim] → the edited image and code: s + alpha·Δs(beta)."""
+        """s [1, s_dim] (any device) → the edited image and code (s + alpha·Δs(beta)) on the generator's device.
+
+        Δs itself stays on the CPU (`Direction.delta_s`) and is copied per edit: s_dim floats."""
         t0 = time.perf_counter()
         direction = self.direction(neutral, target, beta)
         t1 = time.perf_counter()
+        s = s.to(self.device)
         s_edit = s + alpha * direction.delta_s.to(s)
         img = self.render_s(s_edit)
         t2 = time.perf_counter()

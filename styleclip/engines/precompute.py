@@ -63,8 +63,10 @@ class Cancelled(RuntimeError):
 
 
 def sample_w(generator: Generator, n: int, seed: int, truncation: float) -> torch.Tensor:
-    """n truncated w [n, D] from numpy RandomState(seed) normals (the official stats use seed 5, psi 0.7)."""
+    """n truncated w [n, D] from numpy RandomState(seed) normals (the official stats use seed 5, psi 0.7), on the
+    generator's device."""
     z = torch.from_numpy(np.random.RandomState(seed).randn(n, generator.style_dim).astype(np.float32))
+    z = z.to(generator.input.input.device)
     with torch.inference_mode():
         return generator.truncate(generator.mapping(z), truncation)
 
@@ -72,15 +74,16 @@ def sample_w(generator: Generator, n: int, seed: int, truncation: float) -> torc
 @torch.inference_mode()
 def compute_s_stats(generator: Generator, n: int = 100_000, seed: int = 5, truncation: float = 0.7,
                     chunk: int = 2000, progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and population std of s over n sampled latents → ([s_dim], [s_dim])."""
+    """Per-channel mean and population std of s over n sampled latents → ([s_dim], [s_dim]) on the CPU."""
     z_all = np.random.RandomState(seed).randn(n, generator.style_dim).astype(np.float32)
     total = torch.zeros(generator.s_dim, dtype=torch.float64)
     total_sq = torch.zeros(generator.s_dim, dtype=torch.float64)
     for start in range(0, n, chunk):
-        w = generator.truncate(generator.mapping(torch.from_numpy(z_all[start:start + chunk])), truncation)
+        z = torch.from_numpy(z_all[start:start + chunk]).to(generator.input.input.device)
+        w = generator.truncate(generator.mapping(z), truncation)
         s = generator.s_to_flat(generator.w_plus_to_s(generator.w_to_w_plus(w))).double()
-        total += s.sum(0)
-        total_sq += s.square().sum(0)
+        total += s.sum(0).cpu()
+        total_sq += s.square().sum(0).cpu()
         if progress:
             progress(min(start + chunk, n), n, "S statistics")
     mean = total / n
@@ -108,7 +111,8 @@ def image_jacobian_directions(generator: Generator, clip_model: ClipModel, w: to
             projected onto their span (exact when the columns lie in it).
 
     Returns:
-        [C, D] rows u_c = (∂e/∂s_c) / |∂e/∂s_c| (zero rows where a channel has no effect).
+        [C, D] rows u_c = (∂e/∂s_c) / |∂e/∂s_c| (zero rows where a channel has no effect), on the generator's
+        device.
     """
     res = clip_render_resolution(generator, clip_model)
     with torch.no_grad():
@@ -117,7 +121,7 @@ def image_jacobian_directions(generator: Generator, clip_model: ClipModel, w: to
     leaves = {i: s[i].clone().requires_grad_(True) for i in conv_ids}
     s_in = [leaves.get(i, t) for i, t in enumerate(s)]
     emb = clip_model.encode_image(generator.synthesis(s_in, until_resolution=res))[0]  # [D]
-    cotangents = torch.eye(emb.shape[0]) if basis is None else basis.to(emb.dtype)
+    cotangents = torch.eye(emb.shape[0], device=emb.device) if basis is None else basis.to(emb)
     columns = []
     for start in range(0, len(cotangents), cotangent_chunk):
         chunk = cotangents[start:start + cotangent_chunk]
@@ -230,7 +234,7 @@ def compute_relevance(generator: Generator, clip_model: ClipModel, n_images: int
             raise Cancelled(f"stopped after {i} of {n_images} images; run again to resume")
         if basis is None and use_basis and i >= basis_images:
             basis = energy_basis(state["relevance_gram"], basis_energy)
-        jac = image_jacobian_directions(generator, clip_model, ws[i], unit=False, basis=basis).double()
+        jac = image_jacobian_directions(generator, clip_model, ws[i], unit=False, basis=basis).double().cpu()
         if use_basis and i < basis_images:
             state["relevance_gram"] += jac.t() @ jac
         unit_rows = jac / jac.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -339,8 +343,10 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
             stop (a full FFHQ probe image takes hours on a CPU).
 
     Returns:
-        [N, R, D] unit embedding differences (+5σ minus −5σ).
+        [N, R, D] unit embedding differences (+5σ minus −5σ), on the CPU.
     """
+    device = generator.input.input.device
+    s_flat, mean, std = s_flat.to(device), mean.to(device), std.to(device)
     positions = conv_channel_index(generator)[rows]
     layer_of = torch.zeros(generator.s_dim, dtype=torch.long)
     for layer in generator.style_layers:
@@ -354,14 +360,14 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
             for first in range(0, len(members), chunk):
                 part = members[first:first + chunk]
                 s = code.repeat(2 * len(part), 1)
-                index = torch.arange(len(part))
-                p = positions[part]
+                index = torch.arange(len(part), device=device)
+                p = positions[part].to(device)
                 s[2 * index, p] = mean[p] - 5 * std[p]
                 s[2 * index + 1, p] = mean[p] + 5 * std[p]
                 img = generator.synthesis(generator.flat_to_s(s), start=start)
                 emb = clip_model.encode_image_eval(img_to_images(img)) if quantise else clip_model.encode_image(img)
                 diff = emb[1::2] - emb[0::2]
-                out[n, part] = diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                out[n, part] = (diff / diff.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu()
                 finished += len(part)
                 if progress:
                     progress(finished, len(rows), "official differences")

@@ -352,15 +352,15 @@ def load_toyfaces_identity(path: str | os.PathLike[str] | None = None,
 
 # Domains without a downloadable face-recognition network, and the in-repo network that stands in for one. The bundles in model_zoo
 # name real identity networks through the registry (`ModelBundle.identity`); these are found by bundle name.
-_DOMAIN_NETWORKS: dict[str, Callable[[], IdentityModel]] = {"toyfaces": load_toyfaces_identity}
-_CACHE: dict[str, IdentityModel] = {}
+_DOMAIN_NETWORKS: dict[str, Callable[..., IdentityModel]] = {"toyfaces": load_toyfaces_identity}
+_CACHE: dict[tuple[str, str], IdentityModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def identity_for_bundle(name: str) -> IdentityModel | None:
+def identity_for_bundle(name: str, device: str | torch.device = "cpu") -> IdentityModel | None:
     """The identity model that goes with a model bundle ("ffhq" → ArcFace, "toyfaces" → its identity network).
 
-    Loaded once per process and shared. Returns None for a bundle with neither.
+    Loaded once per process and device, and shared. Returns None for a bundle with neither.
 
     Raises:
         ValueError: unknown bundle; registry.ModelNotFoundError / FileNotFoundError: its file is missing
@@ -370,17 +370,18 @@ def identity_for_bundle(name: str) -> IdentityModel | None:
     from .model_zoo import get_bundle  # noqa: PLC0415
 
     bundle = get_bundle(name)
+    key = (bundle.name, str(torch.device(device)))
     with _CACHE_LOCK:
-        if bundle.name in _CACHE:
-            return _CACHE[bundle.name]
+        if key in _CACHE:
+            return _CACHE[key]
         if bundle.identity is not None:
             spec = registry.get(bundle.identity)
             if spec.kind != "identity":
                 raise ValueError(f"{bundle.identity!r} is a {spec.kind} model, not an identity network.")
-            model: IdentityModel | None = load_arcface(registry.resolve(bundle.identity))
+            model: IdentityModel | None = load_arcface(registry.resolve(bundle.identity), device=device)
         elif bundle.name in _DOMAIN_NETWORKS:
-            model = _DOMAIN_NETWORKS[bundle.name]()
+            model = _DOMAIN_NETWORKS[bundle.name](device=device)
         else:
             return None
-        _CACHE[bundle.name] = model
+        _CACHE[key] = model
         return model

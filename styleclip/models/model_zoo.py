@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import registry
 from .generator import Generator
 from .generator_io import load_generator
@@ -147,16 +149,18 @@ def precomputed_dir(name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_generator_cached(path: str) -> Generator:
-    return load_generator(path)
+def _load_generator_cached(path: str, device: str) -> Generator:
+    return load_generator(path, device)
 
 
-def load_generator_spec(spec: str) -> Generator:
-    """A checkpoint path, a bundle name ("toyfaces") or a registry file name → a shared, eval-mode Generator."""
+def load_generator_spec(spec: str, device: str | torch.device = "cpu") -> Generator:
+    """A checkpoint path, a bundle name ("toyfaces") or a registry file name → a shared, eval-mode Generator on
+    `device` (one copy per file and device)."""
+    device = str(torch.device(device))
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"generator checkpoint not found: {spec}")
-        return _load_generator_cached(str(path.resolve()))
+        return _load_generator_cached(str(path.resolve()), device)
     name = _BUNDLES[spec].generator if spec in _BUNDLES else spec
-    return _load_generator_cached(str(registry.resolve(name)))
+    return _load_generator_cached(str(registry.resolve(name)), device)

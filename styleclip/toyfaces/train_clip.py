@@ -514,7 +514,7 @@ def train(args: argparse.Namespace) -> None:
     if args.adv_weight > 0 and args.adv_generated > 0:
         from ..models.model_zoo import load_generator_spec
 
-        adv_generator = load_generator_spec(args.adv_generator).to(device)
+        adv_generator = load_generator_spec(args.adv_generator, device)
     # The workers fork here, before CUDA starts.
     stream = batches(functools.partial(batch_at, args.seed, batch=args.batch, template_prob=args.template_prob,
                                        group_frac=args.group_frac, group_attrs=group_attrs,
