@@ -30,7 +30,7 @@ from styleclip.models.device import DeviceError
 from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
                               INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_GROUPS, MAPPER_STEPS_DEFAULT,
                               MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_RANGE,
-                              MissingStatisticsError, Studio, validate_groups)
+                              MissingStatisticsError, Studio, unknown_words, unknown_words_note, validate_groups)
 
 log = logging.getLogger("styleclip.app")
 try:
@@ -112,7 +112,28 @@ def format_info(info: dict) -> str:
              f"{info['timings_ms']['total']:.0f} ms",
              (f"model `{info['model']}` · seed {info['seed']} · “{info['neutral']}” → “{info['target']}” · "
               f"{info['relevance_metric']} relevance")]
+    note = unknown_words_note(info.get("unknown_words", ()))
+    if note:
+        lines.append(f"⚠️ {note}")
     return "\n\n".join(lines)
+
+
+def example_edit_samples(model: str) -> list[list[str]]:
+    """The model's example (neutral, target) pairs for the examples list ([] for an unknown model)."""
+    try:
+        return [list(pair) for pair in model_zoo.get_bundle(model).example_edits]
+    except ValueError:
+        return []
+
+
+def warn_unknown_words(model: str, *texts: str) -> None:
+    """A notice (the run goes on) naming the words of `texts` that the model's CLIP never saw in training."""
+    try:
+        note = unknown_words_note(unknown_words(STUDIO.model(model), *texts))
+    except (ValueError, FileNotFoundError):
+        return  # the run itself reports what is wrong with the model or the text
+    if note:
+        gr.Warning(note)
 
 
 def top_channel_rows(info: dict) -> list[list]:
@@ -288,6 +309,7 @@ def on_optimize(state: dict, text: str, steps, l2_lambda, id_lambda, mode: str, 
 
 
 def _optimize_stream(state, text, steps, l2_lambda, id_lambda, mode, space):
+    warn_unknown_words(state["model"], text or "")
     rows: list[dict] = []
     frames: list[np.ndarray] = []
     image, status, last_yield, t_start = None, "Starting…", 0.0, time.monotonic()
@@ -401,6 +423,7 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_ma
     try:
         groups = validate_groups(groups)
         out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight, groups)
+        warn_unknown_words(state["model"], name)
 
         def job(emit, should_stop):
             return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, id_weight=id_weight,
@@ -570,6 +593,10 @@ def build_demo() -> gr.Blocks:
                             apply_btn = gr.Button("Apply edit", variant="primary")
                             undo_btn = gr.Button("Undo")
                             export_btn = gr.Button("Export")
+                        edit_examples = gr.Dataset(components=[neutral, target],
+                                                   samples=example_edit_samples(default_model),
+                                                   label="Example edits (click to use)", samples_per_page=12,
+                                                   elem_id="edit-examples")
                     with gr.Column():
                         with gr.Row():
                             original = gr.Image(label="Source", type="numpy", interactive=False)
@@ -687,6 +714,11 @@ def build_demo() -> gr.Blocks:
         for box in (neutral, target):
             box.submit(on_new_text, [state, neutral, target, alpha], [beta, *edit_outputs],
                        api_visibility="private")
+        edit_examples.click(lambda pair: tuple(pair), [edit_examples], [neutral, target],
+                            api_visibility="private").then(
+            on_new_text, [state, neutral, target, alpha], [beta, *edit_outputs], api_visibility="private")
+        model.change(lambda m: gr.Dataset(samples=example_edit_samples(m)), [model], [edit_examples],
+                     api_visibility="private")
         seed.submit(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         model.change(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         # Mappers belong to one generator: the list follows the model, and session mappers of another model go.
@@ -760,6 +792,7 @@ def main() -> None:
         loaded = STUDIO.model("")
         loaded.render_s(loaded.s_of_seed(0))
         loaded.engine().direction(DEFAULT_NEUTRAL, DEFAULT_TARGET, 0.15)
+        unknown_words(loaded, DEFAULT_TARGET)  # builds a closed-vocabulary CLIP's word list once
     except (ValueError, FileNotFoundError) as exc:
         log.warning("default model not ready: %s", exc)
     demo = build_demo()

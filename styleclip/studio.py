@@ -28,7 +28,8 @@ from .models.device import module_device, resolve_device
 from .models.generator import Generator
 
 __all__ = ["Studio", "LoadedModel", "ALPHA_RANGE", "BETA_RANGE", "MAX_TEXT_CHARS", "validate_text",
-           "validate_range", "validate_seed", "seed_to_z", "MissingStatisticsError"]
+           "validate_range", "validate_seed", "seed_to_z", "MissingStatisticsError", "unknown_words",
+           "unknown_words_note"]
 
 ALPHA_RANGE = (-10.0, 10.0)
 BETA_RANGE = (0.08, 0.3)
@@ -172,6 +173,34 @@ class LoadedModel:
 
 
 
+# CLIP models trained in this repo on a closed vocabulary (registry name → module with `unknown_words(text)`);
+# open-vocabulary CLIPs such as ViT-B/32 are not listed.
+_CLOSED_VOCABULARY_CLIPS = {"toyfaces-clip": "styleclip.toyfaces.vocabulary"}
+
+
+def unknown_words(loaded: LoadedModel, *texts: str) -> list[str]:
+    """Words of `texts` that the model's CLIP never saw in training, each once ([] for an open vocabulary)."""
+    module = _CLOSED_VOCABULARY_CLIPS.get(loaded.bundle.clip)
+    if module is None:
+        return []
+    import importlib
+
+    check = importlib.import_module(module).unknown_words
+    out: list[str] = []
+    for text in texts:
+        out += [w for w in check(text) if w not in out]
+    return out
+
+
+def unknown_words_note(words: Sequence[str]) -> str | None:
+    """One plain sentence about words the CLIP never saw, or None when there are none."""
+    if not words:
+        return None
+    quoted = ", ".join(f"“{w}”" for w in words)
+    return (f"This model's CLIP never saw {quoted} in training and reads "
+            f"{'it' if len(words) == 1 else 'them'} as noise: rephrase with its words (see the example edits).")
+
+
 def fresh_face_params(seed):
     """The renderer parameters of the app's "fresh face" number `seed` (a face the generator never drew)."""
     from .toyfaces.renderer import NUM_PARAMS, params_from_normal
@@ -291,7 +320,8 @@ class Studio:
         d = result.direction
         info = {
             "model": loaded.name, "seed": seed, "neutral": neutral, "target": target, "alpha": alpha,
-            "beta": beta, "channels": d.num_channels, "device": str(loaded.device), "relevance_metric": loaded.engine().relevance_metric,
+            "beta": beta, "channels": d.num_channels, "device": str(loaded.device),
+            "unknown_words": unknown_words(loaded, neutral, target), "relevance_metric": loaded.engine().relevance_metric,
             "text_direction_norm": round(d.text_norm, 4),
             "top_channels": [{"layer": n, "channel": c, "relevance": round(r, 4)} for n, c, r in d.top_channels],
             "timings_ms": {k: round(v * 1000, 1) for k, v in result.timings.items()}
@@ -419,7 +449,7 @@ class Studio:
                           on_step=on_step, dir_lambda=dir_lambda, neutral=DIRECTIONAL_NEUTRAL)
         first = result.history[0]
         info = {"model": loaded.name, "device": str(loaded.device), "seed": seed, "text": text, "mode": mode,
-                "space": space, "steps": steps,
+                "space": space, "steps": steps, "unknown_words": unknown_words(loaded, text),
                 "l2_lambda": l2_lambda, "dir_lambda": dir_lambda,
                 "id_lambda": id_lambda, "clip_loss_start": round(first.clip_loss, 4),
                 "clip_loss_end": round(result.final_clip_loss, 4),
@@ -508,7 +538,8 @@ class Studio:
             on_preview=preview, meta={"model": loaded.name, "text": text})
         self._mappers[str(out_path)] = mapper
         last = record[-1] if record else {}
-        return {"model": loaded.name, "text": text, "steps": steps, "l2_weight": l2_weight, "id_weight": id_weight,
+        return {"model": loaded.name, "text": text, "unknown_words": unknown_words(loaded, text), "steps": steps,
+                "l2_weight": l2_weight, "id_weight": id_weight,
                 "direction_weight": direction_weight, "groups": list(groups), "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
 

@@ -137,6 +137,38 @@ def test_browser_live_sliders_and_text(browser):
     assert "Traceback" not in browser.page_source
 
 
+def test_global_edit_api_names_words_the_embedded_clip_never_saw(client):
+    _, info = _call(client, "", 2, "face", "grinning face", 4.1, 0.15)
+    assert info["unknown_words"] == ["grinning"]
+    _, info = _call(client, "", 2, "face", "face with blond hair", 4.1, 0.15)
+    assert info["unknown_words"] == []
+
+
+@needs_browser
+def test_browser_example_edits_and_the_unknown_word_notice(browser):
+    """Clicking an example edit fills both texts and renders it; a word the CLIP never saw gets a plain notice."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info") and _img_src(d, "edited-image"))
+    before = _img_src(browser, "edited-image")
+    example = next(e for e in browser.find_elements(By.CSS_SELECTOR, "#edit-examples button, #edit-examples tr")
+                   if "face with sunglasses" in e.text)
+    example.click()
+    wait.until(lambda d: "“face” → “face with sunglasses”" in _text(d, "edit-info"))
+    wait.until(lambda d: _img_src(d, "edited-image") != before)
+    target = browser.find_element(By.CSS_SELECTOR, "#target-text input, #target-text textarea")
+    assert target.get_attribute("value") == "face with sunglasses"
+    assert "never saw" not in _text(browser, "edit-info")
+
+    target.clear()
+    target.send_keys("grinning face", Keys.ENTER)
+    wait.until(lambda d: "never saw “grinning”" in _text(d, "edit-info"))
+    assert "Traceback" not in browser.page_source
+
+
 @needs_browser
 def test_browser_latent_optimization_tab(browser):
     """The optimization tab runs for real: live status, a result image and a final summary with the losses."""

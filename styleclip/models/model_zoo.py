@@ -49,6 +49,8 @@ class ModelBundle:
             objective), from the neutral text "face".
         relevance_shrinkage: global directions' relevance metric: None for the official cosine fs3 · Δt, a number
             for the whitened cosine with that shrinkage (engines.statistics.WhitenedRelevance).
+        example_edits: (neutral, target) text pairs the app offers as starting points: pairs this model's CLIP
+            reads well.
     """
 
     name: str
@@ -66,6 +68,7 @@ class ModelBundle:
     opt_dir_lambda: float = 0.0
     mapper_direction_weight: float = 0.0
     relevance_shrinkage: float | None = None
+    example_edits: tuple[tuple[str, str], ...] = ()
 
 
 _BUNDLES: dict[str, ModelBundle] = {}
@@ -97,16 +100,29 @@ RELEVANCE_SHRINKAGE_TOYFACES = 10.0
 # Latent optimization's identity weight on this model: 1.0 → 0.5 raised success from 46% to 61% (held-out seeds
 # 45% → 53%) at the same preservation with CLIP step 13,924 (BENCHMARKS.md, "Edit benchmark").
 OPT_ID_LAMBDA_TOYFACES = 0.5
+# In the embedded CLIP's training words (toyfaces.vocabulary), and made by global directions on at least 60% of the
+# faces at the app's defaults (`python benchmarks/bench_edits.py --engine global [--edit-set heldout]`, 2026-11-28).
+EXAMPLE_EDITS_TOYFACES = (
+    ("face", "smiling face"), ("face", "face with blond hair"), ("face", "old face"),
+    ("face", "face with sunglasses"), ("face", "face with lipstick"), ("face", "face with closed eyes"),
+    ("face", "face with glasses"), ("face", "face with red hair"), ("face", "face with blue eyes"),
+    ("face", "face with a big nose"), ("face", "face with rosy cheeks"),
+)
+# The official README's examples (global directions, FFHQ).
+EXAMPLE_EDITS_FFHQ = (
+    ("face", "smiling face"), ("female face", "male face"), ("face with hair", "face with blonde hair"),
+    ("face with hair", "face with Hi-top fade hair"), ("face with eyes", "face with blue eyes"),
+)
 register_bundle(ModelBundle(
     name="toyfaces", generator="toyfaces-generator", clip="toyfaces-clip", identity=None,
     auto_beta_floor=20, truncation=1.0, alignment="center", mapper_id_weight=MAPPER_ID_WEIGHT_TOYFACES,
     mapper_direction_weight=MAPPER_DIRECTION_WEIGHT_TOYFACES,
     opt_l2_lambda=0.05, opt_id_lambda=OPT_ID_LAMBDA_TOYFACES, opt_steps=100,
-    relevance_shrinkage=RELEVANCE_SHRINKAGE_TOYFACES,
+    relevance_shrinkage=RELEVANCE_SHRINKAGE_TOYFACES, example_edits=EXAMPLE_EDITS_TOYFACES,
     description="Embedded default: cartoon faces rendered and learned in this repo (64 px, runs on a CPU)"))
 register_bundle(ModelBundle(
     name="ffhq", generator="stylegan2-ffhq-1024", clip="ViT-B/32", identity="arcface-ir-se50",
-    auto_beta_floor=20, truncation=0.7,
+    auto_beta_floor=20, truncation=0.7, example_edits=EXAMPLE_EDITS_FFHQ,
     description="StyleGAN2 FFHQ 1024 (rosinality format) + CLIP ViT-B/32 — bring your own weights"))
 
 
