@@ -106,7 +106,7 @@ EXAMPLE_EDITS_TOYFACES = (
     ("face", "smiling face"), ("face", "face with blond hair"), ("face", "old face"),
     ("face", "face with sunglasses"), ("face", "face with lipstick"), ("face", "face with closed eyes"),
     ("face", "face with glasses"), ("face", "face with red hair"), ("face", "face with blue eyes"),
-    ("face", "face with a big nose"), ("face", "face with rosy cheeks"),
+    ("face", "face with a big nose"), ("face", "face with rosy cheeks"), ("face", "face with a moustache"),
 )
 # The official README's examples (global directions, FFHQ).
 EXAMPLE_EDITS_FFHQ = (
