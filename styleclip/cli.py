@@ -1,9 +1,11 @@
-"""Command-line interface: thin wrappers over the library. Each subcommand prints one JSON line on success."""
+"""Command-line interface: thin wrappers over the library. Each subcommand prints one JSON line on success (a
+batch over `--seeds`: one line per image)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -118,20 +120,60 @@ def cmd_precompute(args: argparse.Namespace) -> dict:
     return {"out": str(out), "fs3_rows": int(stats.fs3.shape[0]), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def cmd_edit(args: argparse.Namespace) -> dict:
+MAX_BATCH_SEEDS = 10_000
+SEED_FIELD = "{seed}"
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """A seed list such as "0-3,7" → [0, 1, 2, 3, 7]: ranges inclusive, in the order given, repeats dropped."""
+    seeds: list[int] = []
+    seen: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise CliError(f"--seeds: {part!r} is not a seed or a range such as 0-9 (whole numbers, comma-separated)")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise CliError(f"--seeds: the range {part!r} ends before it starts")
+        if last >= 2 ** 32:
+            raise CliError(f"--seeds: seeds go up to {2 ** 32 - 1}, got {last}")
+        if last - first + 1 + len(seeds) > MAX_BATCH_SEEDS:
+            raise CliError(f"--seeds: at most {MAX_BATCH_SEEDS} seeds per run")
+        seeds += [seed for seed in range(first, last + 1) if seed not in seen]
+        seen.update(range(first, last + 1))
+    return seeds
+
+
+def _batch(args: argparse.Namespace) -> list[tuple[int, Path]]:
+    """(seed, output path) pairs: `--seed` and `--out`, or every seed of `--seeds` with {seed} in `--out` filled."""
+    if args.seeds is None:
+        return [(args.seed, Path(args.out))]
+    if SEED_FIELD not in str(args.out):
+        raise CliError(f"--seeds writes one image per seed: put {SEED_FIELD} in --out, e.g. edits/seed{SEED_FIELD}.png")
+    pairs = [(seed, Path(str(args.out).replace(SEED_FIELD, str(seed)))) for seed in parse_seeds(args.seeds)]
+    for parent in {path.parent for _, path in pairs}:
+        parent.mkdir(parents=True, exist_ok=True)
+    return pairs
+
+
+def cmd_edit(args: argparse.Namespace) -> dict | list[dict]:
     from .imaging import save_image
     from .studio import Studio
 
+    batch = _batch(args)
     studio = Studio(args.device)
     t0 = time.perf_counter()
     loaded = studio.model(args.model)
     t_load = time.perf_counter() - t0
     beta = args.beta if args.beta is not None else studio.auto_beta(args.model, args.neutral, args.target)
-    image, info = studio.global_edit(args.model, args.seed, args.neutral, args.target, args.alpha, beta)
-    save_image(image, args.out)
-    info.pop("top_channels")
-    info["timings_ms"]["load_models"] = round(t_load * 1000, 1)
-    return {"out": str(args.out), **info, "model": loaded.name}
+    lines = []
+    for seed, out in batch:
+        image, info = studio.global_edit(args.model, seed, args.neutral, args.target, args.alpha, beta)
+        save_image(image, out)
+        info.pop("top_channels")
+        info["timings_ms"]["load_models"] = round(t_load * 1000, 1) if not lines else 0.0
+        lines.append({"out": str(out), **info, "model": loaded.name})
+    return lines if args.seeds is not None else lines[0]
 
 
 def cmd_optimize(args: argparse.Namespace) -> dict:
@@ -260,22 +302,27 @@ def cmd_apply_mapper(args: argparse.Namespace) -> dict:
     from .imaging import img_to_image, save_image
     from .studio import Studio
 
+    batch = _batch(args)
     t0 = time.perf_counter()
     loaded = Studio(args.device).model(args.model)
-    t_load = time.perf_counter() - t0
     mapper = load_mapper(args.mapper, loaded.generator)
-    w_plus = loaded.source_w_plus(args.seed)  # [1, L, D] at the bundle's truncation
-    t1 = time.perf_counter()
-    with torch.inference_mode():
-        w_edit = apply_mapper(mapper, w_plus, args.strength)
-        t2 = time.perf_counter()
-        img = loaded.generator.synthesis_w_plus(w_edit)
-    t3 = time.perf_counter()
-    save_image(img_to_image(img), args.out)
-    return {"out": str(args.out), "model": loaded.name, "seed": args.seed, "strength": args.strength,
-            "text": mapper.meta.get("text"), "groups": list(mapper.groups),
-            "timings_ms": {"load_models": round(t_load * 1000, 1), "mapper": round((t2 - t1) * 1000, 2),
-                           "synthesis": round((t3 - t2) * 1000, 1)}}
+    t_load = time.perf_counter() - t0
+    lines = []
+    for seed, out in batch:
+        w_plus = loaded.source_w_plus(seed)  # [1, L, D] at the bundle's truncation
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            w_edit = apply_mapper(mapper, w_plus, args.strength)
+            t2 = time.perf_counter()
+            img = loaded.generator.synthesis_w_plus(w_edit)
+        t3 = time.perf_counter()
+        save_image(img_to_image(img), out)
+        lines.append({"out": str(out), "model": loaded.name, "seed": seed, "strength": args.strength,
+                      "text": mapper.meta.get("text"), "groups": list(mapper.groups),
+                      "timings_ms": {"load_models": round(t_load * 1000, 1) if not lines else 0.0,
+                                     "mapper": round((t2 - t1) * 1000, 2),
+                                     "synthesis": round((t3 - t2) * 1000, 1)}})
+    return lines if args.seeds is not None else lines[0]
 
 
 def _add_mapper_parsers(sub) -> None:
@@ -309,9 +356,8 @@ def _add_mapper_parsers(sub) -> None:
     p = sub.add_parser("apply-mapper", help="edit a seed's image with a trained (or official) mapper")
     p.add_argument("--model", default="", help="model name; default: the embedded model")
     p.add_argument("--mapper", type=Path, required=True, help="mapper file (ours or an official one)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_seed_arguments(p)
     p.add_argument("--strength", type=float, default=1.0, help="scales the mapper's edit (1 = as trained)")
-    p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_apply_mapper)
 
 
@@ -436,14 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default precomputed/<model>/)")
     p.set_defaults(func=cmd_precompute)
 
-    p = sub.add_parser("edit", help="global-direction edit of a seed's image")
+    p = sub.add_parser("edit", help="global-direction edit of a seed's image (or of many: --seeds)")
     p.add_argument("--model", default="", help="model name; default: the embedded model")
-    p.add_argument("--seed", type=int, default=0)
+    _add_seed_arguments(p)
     p.add_argument("--neutral", required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--alpha", type=float, default=4.1)
-    p.add_argument("--beta", type=float, default=None, help="default: auto-beta")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--beta", type=float, default=None, help="default: auto-beta (one beta for every seed)")
     p.set_defaults(func=cmd_edit)
     _add_optimize_parser(sub)
     _add_mapper_parsers(sub)
@@ -456,6 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_seed_arguments(p: argparse.ArgumentParser) -> None:
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", metavar="LIST",
+                       help="a batch, e.g. 0-99 or 1,5,9-12: the models load once, one image and one JSON line "
+                            f"per seed; --out must hold {SEED_FIELD}")
+    p.add_argument("--out", type=Path, required=True, help=f"PNG file (with --seeds: a pattern with {SEED_FIELD})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -464,5 +518,6 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors carry plain messages; CLI users get them without a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(result))
+    for line in result if isinstance(result, list) else [result]:  # a batch prints one line per image
+        print(json.dumps(line))
     return 0

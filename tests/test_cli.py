@@ -87,3 +87,37 @@ def test_progress_eta_keeps_each_stage_clock_when_stages_take_turns(monkeypatch,
     assert lines[0].endswith("ETA ?")  # no rate yet
     assert lines[2] == "relevance: 5/10 (50%), ETA 10 s"  # 5 done in 10 s, the probe's turn included
     assert lines[3] == "probe, image 1 of 2: 20/40 (50%), ETA 38 s"  # 10 more in 19 s
+
+
+def test_seed_lists():
+    from styleclip.cli import CliError, parse_seeds
+
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_seeds(" 9, 2-4 ,3,9") == [9, 2, 3, 4]
+    for bad, message in [("5-2", "ends before"), ("a", "not a seed"), ("1,,2", "not a seed"), ("-3", "not a seed"),
+                         ("0-20000", "at most"), (f"{2 ** 32}", "go up to")]:
+        with pytest.raises(CliError, match=message):
+            parse_seeds(bad)
+
+
+def test_batch_edit_and_mapper_match_single_runs(tmp_path, capsys):
+    common = ["--neutral", "face", "--target", "old face"]
+    assert main(["edit", "--seeds", "4,1-2", *common, "--out", str(tmp_path / "b" / "s{seed}.png")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["seed"] for line in lines] == [4, 1, 2] and len({line["beta"] for line in lines}) == 1
+    assert main(["edit", "--seed", "1", *common, "--out", str(tmp_path / "one.png")]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["beta"] == lines[0]["beta"]
+    assert (tmp_path / "b" / "s1.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+
+    mapper = "assets/mappers/toyfaces/smiling.pt"
+    assert main(["apply-mapper", "--mapper", mapper, "--seeds", "3-4", "--out", str(tmp_path / "m{seed}.png")]) == 0
+    assert [json.loads(line)["seed"] for line in capsys.readouterr().out.splitlines()] == [3, 4]
+    assert main(["apply-mapper", "--mapper", mapper, "--seed", "4", "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m4.png").read_bytes() == (tmp_path / "m.png").read_bytes()
+
+
+def test_a_batch_needs_a_seed_field_in_out(tmp_path, capsys):
+    assert main(["edit", "--seeds", "0-1", "--neutral", "face", "--target", "old face",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "put {seed} in --out" in capsys.readouterr().err and not list(tmp_path.iterdir())
