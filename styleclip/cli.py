@@ -104,6 +104,18 @@ class _ProgressPrinter:
         print(f"{stage}: {done}/{total} ({100 * done / total:.0f}%), ETA {eta}", file=sys.stderr, flush=True)
 
 
+def cmd_add_model(args: argparse.Namespace) -> dict:
+    """Your own StyleGAN2 checkpoint as a model of the app, API and CLI (see models/user_models.py)."""
+    from .models.user_models import add_model, model_file
+
+    bundle, shape = add_model(args.name, args.generator, args.clip, truncation=args.truncation,
+                              alignment=args.alignment, description=args.description or "")
+    return {"model": bundle.name, "file": str(model_file(bundle.name)), "generator": bundle.generator,
+            "clip": bundle.clip, **shape,
+            "next": f"python -m styleclip precompute --model {bundle.name}  (global directions need it; the app "
+                    "can also compute it: 'Compute statistics')"}
+
+
 def cmd_precompute(args: argparse.Namespace) -> dict:
     from .engines.precompute import precompute
     from .models import model_zoo
@@ -465,6 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("texts", nargs="+")
     p.set_defaults(func=cmd_encode_text)
+
+    p = sub.add_parser("add-model", help="make your own StyleGAN2 checkpoint a model of the app, API and CLI")
+    p.add_argument("--name", required=True, help="what to call it, e.g. cats (lower-case letters, digits, - and _)")
+    p.add_argument("--generator", type=Path, required=True,
+                   help="rosinality-format StyleGAN2 checkpoint ({'g_ema', ...}; any size)")
+    p.add_argument("--clip", default="ViT-B/32", help="a known CLIP (ViT-B/32, toyfaces-clip) or a CLIP file")
+    p.add_argument("--truncation", type=float, default=0.7, help="psi for sources drawn from seeds")
+    p.add_argument("--alignment", choices=("center", "ffhq"), default="center",
+                   help="how uploaded photos are cropped: centre crop (any domain) or FFHQ face alignment")
+    p.add_argument("--description", default="", help="one line for the model picker")
+    p.set_defaults(func=cmd_add_model)
 
     p = sub.add_parser("precompute", help="S statistics + channel relevance for global directions (resumable)")
     p.add_argument("--model", required=True, help="model name (e.g. toyfaces, ffhq)")

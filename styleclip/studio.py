@@ -292,8 +292,8 @@ class Studio:
             return self._models[bundle.name]
 
     def _load(self, bundle: model_zoo.ModelBundle) -> LoadedModel:
-        g_path = registry.resolve(bundle.generator)
-        c_path = registry.resolve(bundle.clip)
+        g_path = model_zoo.resolve_file(bundle.generator)
+        c_path = model_zoo.resolve_file(bundle.clip)
         generator = model_zoo.load_generator_spec(str(g_path), self.device)
         clip_model = ClipModel.load(c_path, device=self.device)
         return LoadedModel(bundle, generator, clip_model, registry.sha256_file(g_path), registry.sha256_file(c_path))

@@ -18,7 +18,7 @@ from .generator import Generator
 from .generator_io import load_generator
 
 __all__ = ["ModelBundle", "DEFAULT_MODEL", "get_bundle", "list_bundles", "available_bundles",
-           "load_generator_spec", "register_bundle", "precomputed_dir"]
+           "load_generator_spec", "register_bundle", "precomputed_dir", "resolve_file", "builtin_names"]
 
 DEFAULT_MODEL = "toyfaces"
 PRECOMPUTED_ROOT = registry.REPO_ROOT / "precomputed"
@@ -31,8 +31,8 @@ class ModelBundle:
 
     Attributes:
         name: what the app and CLI call it ("toyfaces", "ffhq").
-        generator: registry name of the generator file.
-        clip: registry name (or CLIP name such as "ViT-B/32") of the CLIP model.
+        generator: registry name of the generator file, or its path (people's own models, `user_models`).
+        clip: registry name (or CLIP name such as "ViT-B/32") of the CLIP model, or the path of a CLIP file.
         identity: registry name of the identity model, or None.
         auto_beta_floor: channel count auto-beta keeps (20 for FFHQ in the official GUI, 100 for others).
         truncation: truncation psi used when sampling sources from seeds.
@@ -126,23 +126,55 @@ register_bundle(ModelBundle(
     description="StyleGAN2 FFHQ 1024 (rosinality format) + CLIP ViT-B/32 — bring your own weights"))
 
 
+_BUILTIN = frozenset(_BUNDLES)
+
+
+def builtin_names() -> frozenset[str]:
+    """The models defined here (people's own models cannot take these names)."""
+    return _BUILTIN
+
+
+def _discover_user_models() -> None:
+    from . import user_models  # imported here: it builds on this module
+
+    user_models.discover()
+
+
 def get_bundle(name: str) -> ModelBundle:
-    """The bundle called `name`; "" means the default model. Unknown names raise ValueError listing the known."""
+    """The bundle called `name`; "" means the default model. Unknown names raise ValueError listing the known.
+
+    A name not defined here is looked for among people's own models (`user_models`, `<name>.model.json`)."""
     name = name or DEFAULT_MODEL
+    if name not in _BUNDLES:
+        _discover_user_models()
     try:
         return _BUNDLES[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_BUNDLES))}") from None
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_BUNDLES))} (add your own "
+                         "with `python -m styleclip add-model`)") from None
 
 
 def list_bundles() -> list[ModelBundle]:
+    """Every model: the ones defined here and people's own (`user_models`)."""
+    _discover_user_models()
     return [_BUNDLES[k] for k in sorted(_BUNDLES)]
+
+
+def resolve_file(spec: str, allow_download: bool = True, verify: bool = True) -> Path:
+    """A bundle's file: a registry name (`registry.resolve`), or the path of a file (people's own models)."""
+    if registry.is_known(spec):
+        return registry.resolve(spec, allow_download=allow_download, verify=verify)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f"model file not found: {spec} (moved or deleted? run `python -m styleclip add-model` "
+                            "again with its new path)")
 
 
 def _files_present(bundle: ModelBundle) -> bool:
     try:
-        registry.resolve(bundle.generator, allow_download=False, verify=False)
-        registry.resolve(bundle.clip, allow_download=False, verify=False)
+        resolve_file(bundle.generator, allow_download=False, verify=False)
+        resolve_file(bundle.clip, allow_download=False, verify=False)
     except (FileNotFoundError, ValueError):
         return False
     return True
