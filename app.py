@@ -680,7 +680,8 @@ def build_demo() -> gr.Blocks:
                                                height=220)
                         opt_files = gr.File(label="Downloads: image, latent (.npz), optimization path (GIF)",
                                             file_count="multiple", interactive=False)
-        gr.Markdown(f"<small>device: {STUDIO.device} · custom ops: {ops.describe(STUDIO.device)} · torch {torch.__version__}</small>")
+        gr.Markdown(f"<small>device: {STUDIO.device} · custom ops: {ops.describe(STUDIO.device)} · "
+                    f"torch {torch.__version__}</small>")
 
         # Hidden API endpoints; their input components live in an invisible row so the page does not show them.
         with gr.Row(visible=False):

@@ -6,6 +6,7 @@ people are `ValueError`s (or subclasses) with plain messages, which the UI shows
 
 from __future__ import annotations
 
+import importlib
 import io
 import threading
 import time
@@ -172,7 +173,6 @@ class LoadedModel:
         return img_to_image(self.generator.synthesis(self.generator.flat_to_s(s.to(self.device))))
 
 
-
 # CLIP models trained in this repo on a closed vocabulary (registry name → module with `unknown_words(text)`);
 # open-vocabulary CLIPs such as ViT-B/32 are not listed.
 _CLOSED_VOCABULARY_CLIPS = {"toyfaces-clip": "styleclip.toyfaces.vocabulary"}
@@ -183,8 +183,6 @@ def unknown_words(loaded: LoadedModel, *texts: str) -> list[str]:
     module = _CLOSED_VOCABULARY_CLIPS.get(loaded.bundle.clip)
     if module is None:
         return []
-    import importlib
-
     check = importlib.import_module(module).unknown_words
     out: list[str] = []
     for text in texts:
