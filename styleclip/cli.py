@@ -104,6 +104,18 @@ class _ProgressPrinter:
         print(f"{stage}: {done}/{total} ({100 * done / total:.0f}%), ETA {eta}", file=sys.stderr, flush=True)
 
 
+def cmd_models(args: argparse.Namespace) -> dict:
+    """Every model with whether its files are on disk and whether its global-direction statistics exist."""
+    from .models import model_zoo, registry
+
+    ready = {b.name for b in model_zoo.available_bundles()}
+    return {"models_folder": str(registry.models_dir()), "models": [
+        {"name": b.name, "description": b.description, "files_present": b.name in ready,
+         "statistics": (model_zoo.precomputed_dir(b.name) / "fs3.npy").is_file(),
+         "builtin": b.name in model_zoo.builtin_names()}
+        for b in model_zoo.list_bundles()]}
+
+
 def cmd_add_model(args: argparse.Namespace) -> dict:
     """Your own StyleGAN2 checkpoint as a model of the app, API and CLI (see models/user_models.py)."""
     from .models.user_models import add_model, model_file
@@ -478,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+")
     p.set_defaults(func=cmd_encode_text)
 
+    p = sub.add_parser("models", help="list the models: built-in and your own, files present, statistics made")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("add-model", help="make your own StyleGAN2 checkpoint a model of the app, API and CLI")
     p.add_argument("--name", required=True, help="what to call it, e.g. cats (lower-case letters, digits, - and _)")
     p.add_argument("--generator", type=Path, required=True,
@@ -517,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mapper_parsers(sub)
     _add_photo_parsers(sub)
     for name, p in sub.choices.items():
-        if name != "align":  # alignment runs dlib only
+        if name not in ("align", "models", "add-model"):  # these run no network
             p.add_argument("--device", default=None,
                            help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
                                 "(default: $STYLECLIP_DEVICE, else auto)")

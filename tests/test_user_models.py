@@ -38,10 +38,18 @@ def test_add_model_then_precompute_edit_and_pick_it_in_the_app(models_dir, tiny_
     assert model_zoo.get_bundle("tiny").truncation == 0.5
     assert "tiny" in app.model_choices()
 
+    def listed() -> dict:
+        assert cli.main(["models"]) == 0
+        return {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+
+    assert listed()["tiny"] | {"description": ""} == {"name": "tiny", "description": "", "files_present": True,
+                                                      "statistics": False, "builtin": False}
+
     assert cli.main(["precompute", "--model", "tiny", "--n-stats", "200", "--n-images", "3",
                      "--refine-channels", "4", "--probe-images", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["fs3_rows"] > 0
     assert (model_zoo.PRECOMPUTED_ROOT / "tiny" / "fs3.npy").is_file()
+    assert listed()["tiny"]["statistics"] is True and listed()["toyfaces"]["builtin"] is True
 
     studio = Studio("cpu")
     image, info = studio.global_edit("tiny", 3, "face", "smiling face", 4.1, 0.08)
