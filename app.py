@@ -718,8 +718,8 @@ def build_demo() -> gr.Blocks:
         edit_examples.click(lambda pair: tuple(pair), [edit_examples], [neutral, target],
                             api_visibility="private").then(
             on_new_text, [state, neutral, target, alpha], [beta, *edit_outputs], api_visibility="private")
-        model.change(lambda m: gr.Dataset(samples=example_edit_samples(m)), [model], [edit_examples],
-                     api_visibility="private")
+        model.change(lambda m: gr.Dataset(samples=example_edit_samples(m), visible=bool(example_edit_samples(m))),
+                     [model], [edit_examples], api_visibility="private")
         seed.submit(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         model.change(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         # Mappers belong to one generator: the list follows the model, and session mappers of another model go.
