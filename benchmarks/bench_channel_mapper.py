@@ -1,0 +1,169 @@
+"""Experiment: a per-face mapper restricted to the global direction's style channels.
+
+Global directions move few, well-chosen S channels (high preservation) by the same amount on every face, so an
+absolute target ("purple background", "black hair") is reached only from nearby starting values. A latent mapper
+adapts to each face but moves all of W+ (and the fragile attributes with it). This trains, per text pair, a small
+network that moves only the channels the global direction selects at auto-beta (plus the `--extra` next most
+relevant ones): Δs = alpha · Δs_global + σ ⊙ net(w), with net's last layer zero at the start, so training starts
+from the global edit. Objective: CLIP loss toward the target, StyleGAN-NADA's directional loss, the identity
+network's loss, and the squared residual in σ units (the global edit is the prior). Then the edit benchmark reads
+the results (seeds never used in training).
+
+    python benchmarks/bench_channel_mapper.py [--edits "hat,black hair"] [--steps 300] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from styleclip.engines.clip_losses import directional_loss, text_change_direction  # noqa: E402
+from styleclip.engines.precompute import clip_render_resolution  # noqa: E402
+from styleclip.evaluation import BENCHMARK_EDITS, HELDOUT_EDITS, EditSpec, evaluate_edits, format_report  # noqa: E402
+from styleclip.models.identity import identity_for_bundle  # noqa: E402
+from styleclip.studio import Studio  # noqa: E402
+from styleclip.toyfaces.classifier import load_classifier  # noqa: E402
+
+EDIT_SETS = {"benchmark": BENCHMARK_EDITS, "heldout": HELDOUT_EDITS}
+
+
+class ChannelMapper(nn.Module):
+    """w [N, D] → Δs on K channels [N, K] = base + scale ⊙ MLP(w) (the MLP's last layer starts at zero)."""
+
+    def __init__(self, dim: int, base: torch.Tensor, scale: torch.Tensor, hidden: int = 128):
+        super().__init__()
+        self.register_buffer("base", base)
+        self.register_buffer("scale", scale)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, base.numel()))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def residual(self, w: torch.Tensor) -> torch.Tensor:
+        return self.net(w)  # [N, K] in σ units
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.base + self.scale * self.residual(w)
+
+
+def channels_for(loaded, spec: EditSpec, alpha: float, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat-s positions [K], alpha·Δs_global there [K]): the auto-beta channels, then `extra` more by |r|."""
+    engine = loaded.engine()
+    beta = engine.auto_beta(spec.neutral, spec.target, loaded.bundle.auto_beta_floor)
+    delta = engine.direction(spec.neutral, spec.target, beta).delta_s
+    chosen = delta.nonzero()[:, 0]
+    if extra:
+        r = engine.relevance(spec.neutral, spec.target)[0].abs()
+        conv = engine.stats.conv_index
+        order = conv[torch.argsort(r, descending=True)]
+        more = [p for p in order.tolist() if p not in set(chosen.tolist())][:extra]
+        chosen = torch.cat([chosen, torch.tensor(more, dtype=torch.long)])
+    return chosen, alpha * delta[chosen]
+
+
+def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
+    g, clip = loaded.generator, loaded.clip
+    positions, base = channels_for(loaded, spec, args.alpha, args.extra)
+    std = loaded.engine().stats.std[positions]
+    mapper = ChannelMapper(g.style_dim, base, std)
+    opt = torch.optim.Adam(mapper.parameters(), lr=args.lr)
+    if args.templates:  # the prompt ensemble global directions use for Δt
+        target = clip.encode_text_templates(spec.target)[None].detach()
+        change = clip.encode_text_templates(spec.target) - clip.encode_text_templates(spec.neutral)
+        change = (change / change.norm())[None].detach()
+    else:
+        target = clip.encode_text([spec.target]).detach()
+        change = text_change_direction(clip, spec.neutral, spec.target).detach()
+    res = clip_render_resolution(g, clip)
+    rng = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        z = torch.randn(args.batch, g.style_dim, generator=rng)
+        with torch.no_grad():
+            w = g.truncate(g.mapping(z), loaded.bundle.truncation)
+            s_src = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w)))
+            img_src = g.synthesis(g.flat_to_s(s_src), until_resolution=res)
+            emb_src = clip.encode_image(img_src)
+        s = s_src.clone()
+        s[:, positions] = s[:, positions] + mapper(w)
+        img = g.synthesis(g.flat_to_s(s), until_resolution=res)
+        emb = clip.encode_image(img)
+        clip_loss = (1 - emb @ target.t()).mean()
+        dir_loss = directional_loss(emb, emb_src, change).mean()
+        reg = mapper.residual(w).square().mean()
+        loss = clip_loss + args.dir_weight * dir_loss + args.reg_weight * reg
+        if identity is not None and args.id_weight > 0:
+            loss = loss + args.id_weight * identity.loss(img, img_src).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(json.dumps({"edit": spec.name, "step": step, "loss": round(float(loss), 4),
+                              "clip": round(float(clip_loss), 4), "dir": round(float(dir_loss), 4),
+                              "residual": round(float(reg), 4)}), file=sys.stderr, flush=True)
+    mapper.positions = positions
+    return mapper.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--edits", default="", help="comma-separated benchmark edit names (default: all)")
+    p.add_argument("--edit-set", default="benchmark", choices=sorted(EDIT_SETS))
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--alpha", type=float, default=4.1)
+    p.add_argument("--extra", type=int, default=0, help="channels beyond auto-beta's, by relevance")
+    p.add_argument("--dir-weight", type=float, default=3.0)
+    p.add_argument("--reg-weight", type=float, default=0.05)
+    p.add_argument("--id-weight", type=float, default=0.3)
+    p.add_argument("--templates", action="store_true",
+                   help="CLIP targets from the 80-template prompt ensemble instead of the bare text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    specs = list(EDIT_SETS[args.edit_set])
+    if args.edits:
+        wanted = {e.strip() for e in args.edits.split(",")}
+        specs = [s for s in specs if s.name in wanted]
+    loaded = Studio("cpu").model("toyfaces")
+    identity = identity_for_bundle("toyfaces") if args.id_weight > 0 else None
+    mappers, t0 = {}, time.perf_counter()
+    for spec in specs:
+        mappers[spec.name] = train(loaded, spec, args, identity)
+    train_s = time.perf_counter() - t0
+    g = loaded.generator
+
+    @torch.inference_mode()
+    def edit_fn(spec: EditSpec, seed: int) -> torch.Tensor:
+        mapper = mappers[spec.name]
+        w_plus = loaded.source_w_plus(seed)
+        s = g.s_to_flat(g.w_plus_to_s(w_plus))
+        s[:, mapper.positions] += mapper(w_plus[:, 0])
+        return g.synthesis(g.flat_to_s(s))
+
+    report = evaluate_edits(loaded, load_classifier(), edit_fn, specs,
+                            range(args.first_seed, args.first_seed + args.seeds),
+                            label=f"channel mapper: {vars(args)}")
+    if args.json:
+        print(json.dumps({"success": report.success, "preservation": report.preservation,
+                          "train_s": round(train_s, 1),
+                          "edits": {r.spec.name: [r.success, r.preservation] for r in report.rows}}))
+    else:
+        print(format_report(report))
+        print(f"training {train_s:.0f} s for {len(specs)} edits")
+
+
+if __name__ == "__main__":
+    main()
