@@ -64,7 +64,8 @@ def channels_for(loaded, spec: EditSpec, alpha: float, extra: int) -> tuple[torc
         r = engine.relevance(spec.neutral, spec.target)[0].abs()
         conv = engine.stats.conv_index
         order = conv[torch.argsort(r, descending=True)]
-        more = [p for p in order.tolist() if p not in set(chosen.tolist())][:extra]
+        taken = set(chosen.tolist())
+        more = [p for p in order.tolist() if p not in taken][:extra]
         chosen = torch.cat([chosen, torch.tensor(more, dtype=torch.long)])
     return chosen, alpha * delta[chosen]
 
