@@ -126,6 +126,12 @@ def example_edit_samples(model: str) -> list[list[str]]:
         return []
 
 
+def example_edits_update(model: str) -> gr.Dataset:
+    """The examples list for a newly picked model (hidden when it has none)."""
+    samples = example_edit_samples(model)
+    return gr.Dataset(samples=samples, visible=bool(samples))
+
+
 def warn_unknown_words(model: str, *texts: str) -> None:
     """A notice (the run goes on) naming the words of `texts` that the model's CLIP never saw in training."""
     try:
@@ -718,8 +724,7 @@ def build_demo() -> gr.Blocks:
         edit_examples.click(lambda pair: tuple(pair), [edit_examples], [neutral, target],
                             api_visibility="private").then(
             on_new_text, [state, neutral, target, alpha], [beta, *edit_outputs], api_visibility="private")
-        model.change(lambda m: gr.Dataset(samples=example_edit_samples(m), visible=bool(example_edit_samples(m))),
-                     [model], [edit_examples], api_visibility="private")
+        model.change(example_edits_update, [model], [edit_examples], api_visibility="private")
         seed.submit(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         model.change(**source_event).then(on_edit, edit_inputs, edit_outputs, api_visibility="private")
         # Mappers belong to one generator: the list follows the model, and session mappers of another model go.
