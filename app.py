@@ -30,7 +30,8 @@ from styleclip.models.device import DeviceError
 from styleclip.studio import (ALPHA_RANGE, BETA_RANGE, INVERT_S_STEPS_DEFAULT, INVERT_S_STEPS_RANGE,
                               INVERT_STEPS_DEFAULT, INVERT_STEPS_RANGE, MAPPER_GROUPS, MAPPER_STEPS_DEFAULT,
                               MAPPER_STEPS_RANGE, MAPPER_STRENGTH_RANGE, OPT_STEPS_RANGE,
-                              MissingStatisticsError, Studio, unknown_words, unknown_words_note, validate_groups)
+                              MissingStatisticsError, Studio, unknown_words, unknown_words_note, validate_groups,
+                              validate_text)
 
 log = logging.getLogger("styleclip.app")
 try:
@@ -241,7 +242,10 @@ def on_compute_stats(state: dict, progress=gr.Progress()):
 MAPPER_NOTE = """A latent mapper is a small network trained for one text: it maps any latent to its edited latent in
 one pass (StyleCLIP's second engine). Pick a mapper and apply it to one or many seeds, or train a new one below
 (minutes on a CPU for the embedded model; the loss plot and previews update while it trains; *Stop* keeps the
-checkpoint, and training again with the same settings resumes it)."""
+checkpoint, and training again with the same settings resumes it). Two kinds: the **W+ mapper** of the paper, and a
+**channel mapper** *(channels)*, which starts from the global direction of a text pair and learns, per face, how far
+to move its style channels (it keeps more of the face and trains faster; it needs the model's statistics)."""
+MAPPER_KINDS = [("W+ mapper (StyleCLIP)", "w_plus"), ("channel mapper (refines the global direction)", "channels")]
 
 OPTIMIZATION_NOTE = """Optimizes the **current seed's** latent (W+) so that CLIP matches the description, with an L2
 pull toward the start and an optional identity term (StyleCLIP's latent optimization). The preview and the loss plot
@@ -420,25 +424,42 @@ def mapper_run_path(model: str, name: str, steps, l2_weight, groups=MAPPER_GROUP
     return EXPORT_DIR / f"mapper_{model}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.pt", id_weight
 
 
-def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_mappers: dict):
-    """Streams (status, loss table, preview gallery, mapper choices, session mappers) while training."""
+def channel_mapper_run_path(model: str, neutral: str, target: str, steps) -> Path:
+    """The session checkpoint of a channel-mapper run; its name holds every setting a resume must share."""
+    settings = json.dumps(["channels", model, neutral, target, int(steps)])
+    return EXPORT_DIR / f"channel_mapper_{model}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}.pt"
+
+
+def on_train_mapper(state: dict, mapper_kind: str, neutral: str, text: str, steps, l2_weight, groups,
+                    session_mappers: dict):
+    """Streams (status, loss table, preview gallery, mapper choices, session mappers) while training a mapper of
+    `mapper_kind` ("w_plus" or "channels"; the latter from `neutral` to `text`)."""
+    channels = mapper_kind == "channels"
     name = (text or "").strip()
     rows: list[dict] = []
     gallery, status, last_yield, t_start = [], "Starting…", 0.0, time.monotonic()
     keep = gr.update()
     try:
-        groups = validate_groups(groups)
-        out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight, groups)
-        warn_unknown_words(state["model"], name)
+        if channels:
+            neutral = validate_text(neutral, "neutral")
+            name = f"{neutral} → {validate_text(text, 'target')} (channels)"
+            out = channel_mapper_run_path(state["model"], neutral, text.strip(), steps)
+            warn_unknown_words(state["model"], neutral, text)
+            train = functools.partial(STUDIO.train_channel_mapper, state["model"], neutral, text, out, steps)
+        else:
+            groups = validate_groups(groups)
+            out, id_weight = mapper_run_path(state["model"], name, steps, l2_weight, groups)
+            warn_unknown_words(state["model"], name)
+            train = functools.partial(STUDIO.train_mapper, state["model"], text, out, steps, l2_weight,
+                                      id_weight=id_weight, groups=groups)
 
         def job(emit, should_stop):
-            return STUDIO.train_mapper(state["model"], text, out, steps, l2_weight, id_weight=id_weight,
-                                       groups=groups, should_stop=should_stop, on_step=lambda rec: emit("step", rec),
-                                       on_preview=lambda step, pairs: emit("preview", pairs))
+            return train(should_stop=should_stop, on_step=lambda rec: emit("step", rec),
+                         on_preview=lambda step, pairs: emit("preview", pairs))
         for kind, payload in stream_job(job):
             if kind == "step":
                 rows.extend({"step": payload["step"], "term": term, "value": payload[term]}
-                            for term in ("clip", "l2", "id", "dir") if term in payload)
+                            for term in ("clip", "l2", "id", "dir", "residual") if term in payload)
                 status = (f"step {payload['step']}/{int(steps)} · CLIP loss {payload['clip']:.4f} · "
                           f"{eta_text(t_start, payload['step'], int(steps))}")
             elif kind == "preview":
@@ -447,9 +468,10 @@ def on_train_mapper(state: dict, text: str, steps, l2_weight, groups, session_ma
                 session_mappers = {**session_mappers, name: payload["path"]}
                 choices = mapper_choices(state["model"], session_mappers)
                 identity = f", identity weight {payload['id_weight']:g}" if payload["id_weight"] else ""
-                identity += (f", directional weight {payload['direction_weight']:g}" if payload["direction_weight"]
-                             else "")
-                layers = "" if tuple(groups) == MAPPER_GROUPS else f", {' and '.join(groups)} layers only"
+                identity += (f", directional weight {payload['direction_weight']:g}"
+                             if payload.get("direction_weight") else "")
+                layers = ((f", {payload['channels']} style channels" if channels else "")
+                          or ("" if tuple(groups) == MAPPER_GROUPS else f", {' and '.join(groups)} layers only"))
                 yield (f"Trained “{name}” in {payload['seconds']:.0f} s (CLIP loss {payload['clip_loss_end']:.4f}"
                        f"{identity}{layers}); it is now in the mapper list.", pd.DataFrame(rows), gallery,
                        gr.update(choices=choices, value=payload["path"]), session_mappers)
@@ -640,6 +662,9 @@ def build_demo() -> gr.Blocks:
                 with gr.Accordion("Train a new mapper", open=False):
                     with gr.Row():
                         with gr.Column():
+                            train_kind = gr.Radio(MAPPER_KINDS, value="w_plus", label="kind", elem_id="train-kind")
+                            train_neutral = gr.Textbox(DEFAULT_NEUTRAL, label="Neutral text (the edit starts here)",
+                                                       max_lines=1, visible=False, elem_id="train-neutral")
                             train_text = gr.Textbox("smiling face", label="Text the mapper should achieve",
                                                     max_lines=1, elem_id="train-text")
                             train_steps = gr.Slider(*MAPPER_STEPS_RANGE, value=MAPPER_STEPS_DEFAULT, step=1,
@@ -746,8 +771,13 @@ def build_demo() -> gr.Blocks:
         fresh_btn.click(on_fresh_render, [model], [photo], api_visibility="private")
         mapper_apply.click(on_apply_mapper, [state, mapper_pick, mapper_seeds, mapper_strength],
                            [mapper_gallery, mapper_files], api_visibility="private")
+        # A channel mapper starts from a text pair and moves style channels, so it has no W+ L2 or layer groups.
+        train_kind.change(lambda k: (gr.update(visible=k == "channels"), gr.update(visible=k != "channels"),
+                                     gr.update(visible=k != "channels")),
+                          [train_kind], [train_neutral, train_l2, train_groups], api_visibility="private")
         train_event = train_btn.click(on_train_mapper,
-                                      [state, train_text, train_steps, train_l2, train_groups, session_mappers],
+                                      [state, train_kind, train_neutral, train_text, train_steps, train_l2,
+                                       train_groups, session_mappers],
                                       [train_status, train_plot, train_preview, mapper_pick, session_mappers],
                                       api_visibility="private")
         train_stop.click(None, None, None, cancels=[train_event], api_visibility="private")

@@ -321,28 +321,54 @@ def cmd_train_mapper(args: argparse.Namespace) -> dict:
             "seconds": round(seconds, 1), "final_losses_last10": final}
 
 
+def cmd_train_channel_mapper(args: argparse.Namespace) -> dict:
+    """A channel mapper (engines/channel_mapper.py) for a text pair; rerun with the same settings to resume."""
+    from .studio import Studio
+
+    out = Path(args.out)
+    resumed = out.exists()
+    should_stop, restore = _stop_on_interrupt()
+    try:
+        info = Studio(args.device).train_channel_mapper(
+            args.model, args.neutral, args.target, out, steps=args.steps, extra=args.extra, id_weight=args.id_weight,
+            progress=_ProgressPrinter(), should_stop=should_stop)
+    finally:
+        restore()
+    return {"out": str(out), "resumed": resumed, **{k: v for k, v in info.items() if k != "path"}}
+
+
 def cmd_apply_mapper(args: argparse.Namespace) -> dict:
-    from .engines.mapper import apply_mapper, load_mapper
+    from .engines.channel_mapper import ChannelMapper, apply_channel_mapper, load_any_mapper
+    from .engines.mapper import apply_mapper
     from .imaging import img_to_image, save_image
     from .studio import Studio
 
     batch = _batch(args)
     t0 = time.perf_counter()
     loaded = Studio(args.device).model(args.model)
-    mapper = load_mapper(args.mapper, loaded.generator)
+    generator = loaded.generator
+    mapper = load_any_mapper(args.mapper, generator)
+    channels = isinstance(mapper, ChannelMapper)
+    kind = {"kind": "channels", "channels": mapper.config.channels} if channels else {
+        "kind": "w_plus", "groups": list(mapper.groups)}
     t_load = time.perf_counter() - t0
     lines = []
     for seed, out in batch:
         w_plus = loaded.source_w_plus(seed)  # [1, L, D] at the bundle's truncation
         t1 = time.perf_counter()
         with torch.inference_mode():
-            w_edit = apply_mapper(mapper, w_plus, args.strength)
-            t2 = time.perf_counter()
-            img = loaded.generator.synthesis_w_plus(w_edit)
+            if channels:
+                s = generator.flat_to_s(apply_channel_mapper(mapper, generator, w_plus, args.strength))
+                t2 = time.perf_counter()
+                img = generator.synthesis(s)
+            else:
+                w_edit = apply_mapper(mapper, w_plus, args.strength)
+                t2 = time.perf_counter()
+                img = generator.synthesis_w_plus(w_edit)
         t3 = time.perf_counter()
         save_image(img_to_image(img), out)
         lines.append({"out": str(out), "model": loaded.name, "seed": seed, "strength": args.strength,
-                      "text": mapper.meta.get("text"), "groups": list(mapper.groups),
+                      "text": mapper.meta.get("text"), **kind,
                       "timings_ms": {"load_models": round(t_load * 1000, 1) if not lines else 0.0,
                                      "mapper": round((t2 - t1) * 1000, 2),
                                      "synthesis": round((t3 - t2) * 1000, 1)}})
@@ -377,9 +403,25 @@ def _add_mapper_parsers(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.set_defaults(func=cmd_train_mapper)
 
+    p = sub.add_parser("train-channel-mapper",
+                       help="train a channel mapper for a text pair: the global direction's channels, moved per face "
+                            "(rerun to resume)")
+    p.add_argument("--model", default="", help="model name; default: the embedded model (needs its statistics)")
+    p.add_argument("--neutral", default="face", help="the text the edit starts from")
+    p.add_argument("--target", required=True, help="the edit, e.g. 'face with black hair'")
+    p.add_argument("--out", type=Path, required=True,
+                   help="mapper file; also the training checkpoint (an existing one is resumed)")
+    p.add_argument("--steps", type=int, default=300, help="total steps (batch 4)")
+    p.add_argument("--extra", type=int, default=None,
+                   help="channels beyond the global direction's, by relevance (default 512)")
+    p.add_argument("--id-weight", type=float, default=None,
+                   help="identity loss weight; default 0.3 when the model's identity network is on disk, else 0")
+    p.set_defaults(func=cmd_train_channel_mapper)
+
     p = sub.add_parser("apply-mapper", help="edit a seed's image with a trained (or official) mapper")
     p.add_argument("--model", default="", help="model name; default: the embedded model")
-    p.add_argument("--mapper", type=Path, required=True, help="mapper file (ours or an official one)")
+    p.add_argument("--mapper", type=Path, required=True,
+                   help="mapper file: a W+ mapper (ours or an official one) or a channel mapper")
     _add_seed_arguments(p)
     p.add_argument("--strength", type=float, default=1.0, help="scales the mapper's edit (1 = as trained)")
     p.set_defaults(func=cmd_apply_mapper)

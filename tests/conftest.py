@@ -40,6 +40,16 @@ TINY_CLIP = dict(embed_dim=64, image_resolution=32, vision_layers=2, vision_widt
                  transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 
+def make_tiny_clip():
+    """A one-layer CLIP (the `clip` package's model class) at 32 px with 64-d embeddings, wrapped; seeded."""
+    from styleclip.models.clip_model import ClipModel, build_small_clip
+
+    model = build_small_clip(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64,
+                             vision_patch_size=8, transformer_width=64, transformer_heads=1, transformer_layers=1,
+                             seed=0)
+    return ClipModel.from_model(model)
+
+
 def make_tiny_generator(size: int = 32, style_dim: int = 32, seed: int = 0, nonzero: bool = True) -> Generator:
     """A small random generator; `nonzero` gives noise strengths and biases non-zero values so that tests
     exercise every term (fresh StyleGAN2 layers start them at 0)."""

@@ -220,6 +220,41 @@ def test_browser_mapper_train_then_apply(browser):
     assert "Traceback" not in browser.page_source
 
 
+@needs_browser
+def test_browser_channel_mapper_train_then_apply(browser):
+    """The channel-mapper kind: its neutral box appears (the W+ L2 and layer switches go), it trains from the page
+    and its result applies like any mapper."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 240)
+    wait.until(lambda d: "channels moved" in _text(d, "edit-info"))
+    next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']") if "mapper" in b.text.lower()).click()
+    wait.until(lambda d: any("Train a new mapper" in b.text for b in d.find_elements(By.TAG_NAME, "button")))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Train a new mapper" in b.text).click()
+    assert not browser.find_elements(By.ID, "train-neutral") or not browser.find_element(
+        By.ID, "train-neutral").is_displayed()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#train-kind label"))
+    next(label for label in browser.find_elements(By.CSS_SELECTOR, "#train-kind label")
+         if "channel mapper" in label.text).click()
+    wait.until(lambda d: d.find_elements(By.ID, "train-neutral") and d.find_element(By.ID, "train-neutral").is_displayed())
+    assert not browser.find_elements(By.ID, "train-groups") or not browser.find_element(
+        By.ID, "train-groups").is_displayed()
+    text = browser.find_element(By.CSS_SELECTOR, "#train-text input, #train-text textarea")
+    text.clear()
+    text.send_keys("face with a hat")
+    steps = browser.find_element(By.CSS_SELECTOR, "#train-steps input[type='number']")
+    steps.clear()
+    steps.send_keys("3")
+    browser.find_element(By.ID, "train-run").click()
+    wait.until(lambda d: _text(d, "train-status").startswith("Trained"))
+    assert "face → face with a hat (channels)" in _text(browser, "train-status")
+    assert "style channels" in _text(browser, "train-status")
+    browser.find_element(By.ID, "mapper-apply").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#mapper-gallery img")) >= 2)
+    assert "Traceback" not in browser.page_source
+
+
 def test_optimize_api_runs_and_refuses_bad_input(client):
     from gradio_client.exceptions import AppError
     image_path, info = client.predict("", 2, "smiling face", 3, 0.008, 0.0, "edit", "w_plus", api_name="/optimize")

@@ -121,3 +121,26 @@ def test_a_batch_needs_a_seed_field_in_out(tmp_path, capsys):
     assert main(["edit", "--seeds", "0-1", "--neutral", "face", "--target", "old face",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "put {seed} in --out" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_train_channel_mapper_then_apply_it(tmp_path, capsys):
+    """The channel mapper through the CLI: train two steps (then resume to three), apply to a seed batch; the image
+    is the Studio's for the same file."""
+    from styleclip.studio import Studio
+
+    out = tmp_path / "hat.pt"
+    args = ["train-channel-mapper", "--target", "face with a hat", "--out", str(out), "--extra", "16",
+            "--id-weight", "0"]
+    assert main([*args, "--steps", "2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["kind"] == "channels" and first["steps"] == 2 and not first["resumed"] and first["extra"] == 16
+    assert main([*args, "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed"]
+    assert main(["apply-mapper", "--mapper", str(out), "--seeds", "5-6", "--out", str(tmp_path / "h{seed}.png")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["kind"] for line in lines] == ["channels", "channels"]
+    assert lines[0]["channels"] == first["channels"] and lines[0]["text"] == "face with a hat"
+    [(_, _, edit)] = Studio().apply_mapper("toyfaces", out, [6], 1.0)
+    assert np.abs(np.asarray(Image.open(tmp_path / "h6.png")).astype(int) - edit).max() <= 1
+    assert main(["train-channel-mapper", "--target", "face", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "are the same" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

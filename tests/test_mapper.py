@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_generator
+from conftest import make_tiny_clip, make_tiny_generator
 from PIL import Image
 
 from styleclip.cli import main
@@ -33,7 +33,7 @@ from styleclip.engines.mapper import (
     validation_objective,
 )
 from styleclip.models.checkpoints import CheckpointError
-from styleclip.models.clip_model import ClipModel, build_small_clip
+from styleclip.models.clip_model import ClipModel
 from styleclip.models.generator import Generator
 from styleclip.models.generator_io import save_generator
 from styleclip.models.identity import IdentityModel
@@ -67,18 +67,7 @@ def tiny() -> Generator:
 
 @pytest.fixture(scope="module")
 def tiny_clip() -> ClipModel:
-    model = build_small_clip(
-        embed_dim=64,
-        image_resolution=32,
-        vision_layers=1,
-        vision_width=64,
-        vision_patch_size=8,
-        transformer_width=64,
-        transformer_heads=1,
-        transformer_layers=1,
-        seed=0,
-    )
-    return ClipModel.from_model(model)
+    return make_tiny_clip()
 
 
 def _train(generator, clip_model, text=TEXT, **kwargs):

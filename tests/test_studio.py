@@ -151,3 +151,41 @@ def test_no_channel_message_never_suggests_a_beta_below_the_slider(toyfaces_stud
         toyfaces_studio.global_edit("toyfaces", 0, "face", "face with a black background", 4.1, 0.1)
     assert f"lowest beta, {BETA_RANGE[0]:g}" in str(info.value) and "0.05" not in str(info.value)
     assert "Lower beta to 0.09" in str(NoChannelsError(0.1, 0.09, 0.095, lowest_beta=BETA_RANGE[0]))
+
+
+def test_channel_mapper_trains_from_the_global_edit_and_applies_to_seeds_and_photos(toyfaces_studio, tmp_path):
+    from styleclip.engines.channel_mapper import EXTRA_DEFAULT, load_channel_mapper
+    from styleclip.imaging import img_to_image
+
+    out = tmp_path / "black.pt"
+    steps_seen = []
+    info = toyfaces_studio.train_channel_mapper("toyfaces", "face", "face with black hair", out, steps=2,
+                                                id_weight=0.0, on_step=lambda rec: steps_seen.append(rec["step"]))
+    loaded = toyfaces_studio.model("toyfaces")
+    engine = loaded.engine()
+    direction = engine.direction("face", "face with black hair", info["beta"])
+    assert info["kind"] == "channels" and steps_seen == [1, 2]
+    assert info["channels"] == direction.num_channels + EXTRA_DEFAULT and info["extra"] == EXTRA_DEFAULT
+    mapper = load_channel_mapper(out, loaded.generator)
+    chosen = direction.delta_s.nonzero()[:, 0]
+    assert torch.equal(mapper.positions[:len(chosen)], chosen)  # the global direction's channels come first
+
+    [(seed, src, edit)] = toyfaces_studio.apply_mapper("toyfaces", out, [3], 1.0)
+    assert seed == 3 and np.abs(edit.astype(int) - src).mean() > 1
+    # a photo: the change lands on its S-refined code itself
+    w_plus = loaded.source_w_plus(7)
+    generator = loaded.generator
+    with torch.no_grad():
+        s_photo = generator.s_to_flat(generator.w_plus_to_s(w_plus))
+        s_photo = s_photo + 0.3 * torch.randn(s_photo.shape, generator=torch.Generator().manual_seed(1))
+        s_edit = s_photo.clone()
+        s_edit[:, mapper.positions] += mapper(w_plus)
+        expected = img_to_image(generator.synthesis(generator.flat_to_s(s_edit))[0])
+    [(_, _, edit)] = toyfaces_studio.apply_mapper("toyfaces", out, [], 1.0, w_plus_source=w_plus, s_source=s_photo)
+    assert np.abs(edit.astype(int) - expected).max() <= 1
+    with pytest.raises(ValueError, match="are the same"):
+        toyfaces_studio.train_channel_mapper("toyfaces", "face", " Face ", tmp_path / "same.pt", steps=1)
+    with pytest.raises(ValueError, match="extra channels must be between"):
+        toyfaces_studio.train_channel_mapper("toyfaces", "face", "smiling face", tmp_path / "x.pt", steps=1,
+                                             extra=-3)
+    assert not (tmp_path / "same.pt").exists() and not (tmp_path / "x.pt").exists()

@@ -18,7 +18,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ from ..models.generator import EqualLinear, Generator
 from ..models.identity import IdentityModel
 from .clip_losses import directional_loss, text_change_direction
 from .precompute import Cancelled, ProgressFn, clip_render_resolution
+from .training import TrainState, atomic_save, check_resumable, run_steps
 
 __all__ = [
     "FORMAT",
     "GROUPS",
+    "MAPPER_FILE_EXPECTED",
     "NORM_AXES",
     "RESIDUAL_SCALE",
     "Cancelled",
@@ -49,6 +51,7 @@ __all__ = [
     "apply_mapper",
     "level_splits",
     "load_mapper",
+    "mapper_from_checkpoint",
     "sample_w_plus",
     "save_mapper",
     "train_mapper",
@@ -300,13 +303,6 @@ def apply_mapper(mapper: LevelsMapper, w_plus: torch.Tensor, strength: float = 1
 
 
 # ------------------------------------------------------------------------------------------------- files
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # never leave a half-written file under the final name (a cancel may come at any time)
-
-
 def _mapper_dict(mapper: LevelsMapper, meta: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -326,7 +322,7 @@ def save_mapper(
         meta: JSON-like values only (str, numbers, bools, None, lists, dicts), e.g. {"text": ..., "model":
             ...}; anything else would not load back under weights_only=True. Defaults to `mapper.meta`.
     """
-    _atomic_save(_mapper_dict(mapper, mapper.meta if meta is None else meta), Path(path))
+    atomic_save(_mapper_dict(mapper, mapper.meta if meta is None else meta), Path(path))
 
 
 def _first(keys, n: int = _MAX_LISTED) -> str:
@@ -497,14 +493,15 @@ def _load_ours(ckpt: dict[str, Any], generator: Generator, source: str) -> Level
     return mapper
 
 
-def _read_mapper(path: str | os.PathLike[str], generator: Generator) -> tuple[LevelsMapper, dict[str, Any]]:
-    source = str(path)
-    expected = (
-        "a latent mapper checkpoint: ours {'format': 'styleclip-studio-mapper', 'config', 'state_dict'} "
-        "or the official StyleCLIP {'state_dict': {'mapper.course_mapping.mapping.1.weight', ...}, "
-        "'opts'}"
-    )
-    ckpt = load_checkpoint(path, expected=expected)
+MAPPER_FILE_EXPECTED = (
+    "a latent mapper checkpoint: ours {'format': 'styleclip-studio-mapper', 'config', 'state_dict'} "
+    "or the official StyleCLIP {'state_dict': {'mapper.course_mapping.mapping.1.weight', ...}, 'opts'}"
+)
+
+
+def mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, source: str) -> LevelsMapper:
+    """A loaded checkpoint dict (ours or official) → the mapper on the generator's device; `source` names it in
+    errors."""
     if ckpt.get("format") == FORMAT:
         mapper = _load_ours(ckpt, generator, source)
     elif isinstance(ckpt.get("state_dict"), dict) and any(
@@ -514,9 +511,14 @@ def _read_mapper(path: str | os.PathLike[str], generator: Generator) -> tuple[Le
     else:
         hint = " (it looks like a generator checkpoint)" if "g_ema" in ckpt else ""
         raise MapperCheckpointError(
-            f"{source} is not {expected}; found top-level keys {preview_keys(ckpt)}{hint}."
+            f"{source} is not {MAPPER_FILE_EXPECTED}; found top-level keys {preview_keys(ckpt)}{hint}."
         )
-    return mapper.to(generator.input.input.device), ckpt
+    return mapper.to(generator.input.input.device)
+
+
+def _read_mapper(path: str | os.PathLike[str], generator: Generator) -> tuple[LevelsMapper, dict[str, Any]]:
+    ckpt = load_checkpoint(path, expected=MAPPER_FILE_EXPECTED)
+    return mapper_from_checkpoint(ckpt, generator, str(path)), ckpt
 
 
 def load_mapper(path: str | os.PathLike[str], generator: Generator) -> LevelsMapper:
@@ -563,35 +565,16 @@ def sample_w_plus(
     return generator.z_to_w_plus(z, truncation)
 
 
-@dataclass
-class _TrainState:
-    mapper: LevelsMapper
-    optimizer: torch.optim.Optimizer
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _training_checkpoint(state: _TrainState, train: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    ckpt = _mapper_dict(state.mapper, {**meta, "steps": state.step})
+def _training_checkpoint(state: TrainState, train: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    ckpt = _mapper_dict(state.net, {**meta, "steps": state.step})
     ckpt.update(train=train, optimizer=state.optimizer.state_dict(), step=state.step, history=state.history)
     return ckpt
 
 
-def _resume(path: Path, generator: Generator, train: dict[str, Any], state: _TrainState) -> None:
+def _resume(path: Path, generator: Generator, train: dict[str, Any], state: TrainState) -> None:
     mapper, ckpt = _read_mapper(path, generator)
-    if "optimizer" not in ckpt or "step" not in ckpt:
-        raise MapperCheckpointError(
-            f"{path} is a finished mapper without training state; it cannot be resumed. Choose another "
-            "checkpoint path, or delete the file to train from scratch."
-        )
-    saved = ckpt.get("train") or {}
-    differ = [f"{k}: file {saved.get(k)!r}, now {v!r}" for k, v in train.items() if saved.get(k) != v]
-    if differ:
-        raise ValueError(
-            f"{path} holds a mapper training run with other settings ({'; '.join(differ)}). Use the same "
-            "settings to resume it, or another checkpoint path (or delete the file) to start a new run."
-        )
-    state.mapper.load_state_dict(mapper.state_dict())
+    check_resumable(path, ckpt, train, "mapper")
+    state.net.load_state_dict(mapper.state_dict())
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.step = int(ckpt["step"])
     state.history = list(ckpt.get("history") or [])
@@ -785,7 +768,7 @@ def train_mapper(
             f"no mapper group is enabled with rows to edit (groups {list(groups)}, "
             f"n_latent {generator.n_latent})."
         )
-    state = _TrainState(mapper, torch.optim.Adam(params, lr=lr))
+    state = TrainState(mapper, torch.optim.Adam(params, lr=lr))
     text = text.strip()
     # Settings a resumed run must share; `steps` may grow between runs.
     train = {
@@ -817,47 +800,27 @@ def train_mapper(
 
     def save() -> None:
         if path is not None:
-            _atomic_save(_training_checkpoint(state, train, meta), path)
+            atomic_save(_training_checkpoint(state, train, meta), path)
 
     target = clip_model.encode_text([text])  # [1, E], unit norm
     resolution = clip_render_resolution(generator, clip_model)
     weights = (clip_weight, l2_weight, id_weight, direction_weight)
-    preview_src = None
-    last_saved = state.step
-    while state.step < steps:
-        if should_stop is not None and should_stop():
-            save()
-            where = (
-                f"; the checkpoint {path} resumes it" if path is not None else " (no checkpoint path given)"
-            )
-            raise Cancelled(f"mapper training stopped at step {state.step} of {steps}{where}")
-        w_plus = sample_w_plus(generator, batch, seed, truncation, stream=0, index=state.step)  # [B, L, D]
+    preview_src = sample_w_plus(generator, preview_count, seed, truncation, stream=1) if on_preview else None
+
+    def step_fn(step: int) -> dict[str, float]:
+        w_plus = sample_w_plus(generator, batch, seed, truncation, stream=0, index=step)  # [B, L, D]
         loss, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity,
                                  text_change)
-        record = {"step": state.step + 1, **terms}
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)  # the mapper's parameters only: generator and CLIP get no .grad
         state.optimizer.step()
-        state.step += 1
-        state.history.append(record)
-        if state.step % checkpoint_every == 0:
-            save()
-            last_saved = state.step
-        if preview_every and on_preview is not None and state.step % preview_every == 0:
-            if preview_src is None:
-                preview_src = sample_w_plus(generator, preview_count, seed, truncation, stream=1)
-            with torch.no_grad():
-                mapper.eval()
-                on_preview(
-                    state.step,
-                    generator.synthesis_w_plus(preview_src),
-                    generator.synthesis_w_plus(apply_mapper(mapper, preview_src)),
-                )
-                mapper.train()
-        if progress is not None:
-            progress(state.step, steps, f"training mapper | {_loss_text(record)}")
-        if on_step is not None:
-            on_step(dict(record))
-    if state.step != last_saved or (path is not None and not path.exists()):
-        save()
+        return terms
+
+    def preview(step: int) -> None:
+        on_preview(step, generator.synthesis_w_plus(preview_src),
+                   generator.synthesis_w_plus(apply_mapper(mapper, preview_src)))
+
+    run_steps(state, steps, step_fn, save, what="mapper", describe=_loss_text, path=path,
+              checkpoint_every=checkpoint_every, should_stop=should_stop, progress=progress, on_step=on_step,
+              preview_every=preview_every, preview=preview)
     return mapper.eval(), list(state.history)
