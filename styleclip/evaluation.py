@@ -571,7 +571,8 @@ def global_directions_edit(loaded: LoadedModel, alpha: float = 4.1, beta: float 
 
 
 class _MapperEdit:
-    """edit_fn for latent mappers: w_plus + strength·0.1·M(w_plus), one mapper per spec name."""
+    """edit_fn for latent mappers, one per spec name: W+ mappers (w_plus + strength·0.1·M(w_plus)) or channel
+    mappers (S + strength·Δs(w) on their channels)."""
 
     def __init__(self, loaded: LoadedModel, mapper_paths: dict[str, str | Path], strength: float,
                  groups: Sequence[str] | None = None):
@@ -586,16 +587,22 @@ class _MapperEdit:
         return spec.name in self.paths
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
-        from .engines.mapper import apply_mapper, load_mapper
+        from .engines.channel_mapper import ChannelMapper, apply_channel_mapper, load_any_mapper
+        from .engines.mapper import apply_mapper
 
         if spec.name not in self.paths:
             raise EditFailed(f"no mapper for {spec.name!r}")
         mapper = self._mappers.get(spec.name)
         if mapper is None:
-            mapper = self._mappers[spec.name] = load_mapper(self.paths[spec.name], self.loaded.generator)
+            mapper = self._mappers[spec.name] = load_any_mapper(self.paths[spec.name], self.loaded.generator)
+        generator, w_plus = self.loaded.generator, self.loaded.source_w_plus(seed)
         with torch.inference_mode():
-            w_plus = apply_mapper(mapper, self.loaded.source_w_plus(seed), self.strength, self.groups)
-            return self.loaded.generator.synthesis_w_plus(w_plus)
+            if isinstance(mapper, ChannelMapper):
+                if self.groups is not None:
+                    raise ValueError("W+ layer groups do not apply to a channel mapper; leave --groups out.")
+                return generator.synthesis(generator.flat_to_s(apply_channel_mapper(mapper, generator, w_plus,
+                                                                                    self.strength)))
+            return generator.synthesis_w_plus(apply_mapper(mapper, w_plus, self.strength, self.groups))
 
     def describe(self, spec: EditSpec) -> str:
         groups = "" if self.groups is None else f", groups {'+'.join(self.groups) or 'none'}"
@@ -608,7 +615,8 @@ def mapper_edit(loaded: LoadedModel, mapper_paths: dict[str, str | Path], streng
 
     Args:
         loaded: the model the mappers were trained for.
-        mapper_paths: spec name → mapper file (ours or official); specs without one are skipped.
+        mapper_paths: spec name → mapper file (a W+ mapper, ours or official, or a channel mapper); specs
+            without one are skipped.
         strength: residual scale (1 is the trained edit).
         groups: apply only these W+ groups' part of each edit (`apply_mapper`); None: the whole edit.
 

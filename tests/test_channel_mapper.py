@@ -137,6 +137,16 @@ def test_training_is_deterministic_resumable_and_cancellable(tmp_path, tiny, tin
                              checkpoint_path=path)
 
 
+def test_previews_show_fixed_sources_and_their_edits(tiny, tiny_clip):
+    previews = []
+    _train(tiny, tiny_clip, steps=4, preview_every=2, preview_count=3,
+           on_preview=lambda step, src, edit: previews.append((step, src.clone(), edit.clone())))
+    assert [p[0] for p in previews] == [2, 4] and previews[0][1].shape == (3, 3, 32, 32)
+    assert torch.equal(previews[0][1], previews[1][1])  # the same sources each time
+    assert not torch.equal(previews[0][1], previews[0][2])  # edited from the first preview on (the global edit)
+    _train(tiny, tiny_clip, steps=2, preview_every=1)  # a preview interval without a callback renders nothing
+
+
 def test_arguments_are_checked(tiny, tiny_clip):
     positions, base, scale = _channels(tiny)
     for kwargs, message in [({"neutral": " "}, "needs both texts"), ({"steps": -1}, "steps must be"),

@@ -426,6 +426,7 @@ def test_previews_identity_term_and_argument_checks(tiny, tiny_clip):
         on_preview=lambda step, src, edit: previews.append((step, src.shape, edit.shape)),
     )
     assert previews == [(2, (3, 3, 32, 32), (3, 3, 32, 32)), (4, (3, 3, 32, 32), (3, 3, 32, 32))]
+    _train(tiny, tiny_clip, steps=2, preview_every=1)  # a preview interval without a callback renders nothing
 
     seen = []
 

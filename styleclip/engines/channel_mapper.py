@@ -361,7 +361,7 @@ def train_channel_mapper(
 
     run_steps(state, steps, step_fn, save, what="channel mapper", describe=_loss_text, path=path,
               checkpoint_every=checkpoint_every, should_stop=should_stop, progress=progress, on_step=on_step,
-              preview_every=preview_every, preview=preview)
+              preview_every=preview_every, preview=preview if on_preview is not None else None)
     mapper.meta = {**meta, "steps": state.step}
     return mapper.eval(), list(state.history)
 

@@ -822,5 +822,5 @@ def train_mapper(
 
     run_steps(state, steps, step_fn, save, what="mapper", describe=_loss_text, path=path,
               checkpoint_every=checkpoint_every, should_stop=should_stop, progress=progress, on_step=on_step,
-              preview_every=preview_every, preview=preview)
+              preview_every=preview_every, preview=preview if on_preview is not None else None)
     return mapper.eval(), list(state.history)

@@ -4,6 +4,7 @@
     python -m styleclip.toyfaces.ship_mappers --only smiling "blond hair" --steps 1500
     python -m styleclip.toyfaces.ship_mappers --seeds 0 1 2      # three runs per edit, the best one shipped
     python -m styleclip.toyfaces.ship_mappers --only glasses --direction-weight 0   # without the directional loss
+    python -m styleclip.toyfaces.ship_mappers --kind channels    # channel mappers (300 steps each), fp16
 
 Each mapper is trained by the ordinary `train-mapper` command on the edit's target text (so a user's own
 training from the app or CLI gets the same recipe), with its resumable training checkpoint and log in
@@ -11,7 +12,11 @@ training from the app or CLI gets the same recipe), with its resumable training 
 to `assets/mappers/<model>/<name>.pt`, the file name the app lists and `evaluation.mapper_paths_in` finds.
 Seeded; one process per run, one CPU thread each.
 
-A mapper's quality depends on its training seed by tens of points (BENCHMARKS.md, "Mapper layer groups"), so
+`--kind channels` trains channel mappers (engines/channel_mapper.py) with `train-channel-mapper` on each edit's
+text pair instead, checkpoints in `runs/mappers/<model>/channels/`, shipped with float16 weights (0.5 MB each) to
+`assets/mappers/<model>/channels/<name>.pt`, where the app lists them as "<name> (channels)".
+
+A W+ mapper's quality depends on its training seed by tens of points (BENCHMARKS.md, "Mapper layer groups"), so
 with several `--seeds` each edit's runs are compared on the training objective over the same held-out sources
 (`mapper.validation_objective`: CLIP, L2 and identity terms, no attribute classifier) and the lowest is shipped.
 """
@@ -26,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..engines.channel_mapper import load_channel_mapper, save_channel_mapper
 from ..engines.mapper import load_mapper, save_mapper, validation_objective
 from ..evaluation import BENCHMARK_EDITS
 from ..models.model_zoo import mappers_dir
@@ -42,6 +48,16 @@ def command(model: str, text: str, out: Path, steps: int, seed: int, direction_w
     if direction_weight > 0:
         cmd += ["--direction-weight", f"{direction_weight:g}", "--neutral", neutral]
     return cmd
+
+
+def channel_command(model: str, neutral: str, target: str, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "styleclip", "train-channel-mapper", "--model", model, "--neutral", neutral,
+            "--target", target, "--out", str(out), "--steps", str(steps)]
+
+
+def channel_run_path(model: str, name: str) -> Path:
+    """The training checkpoint of a channel mapper run."""
+    return LOG_DIR / model / "channels" / f"{name.replace(' ', '_')}.pt"
 
 
 def run_path(model: str, name: str, seed: int, direction_weight: float = 0.0) -> Path:
@@ -72,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="toyfaces")
     p.add_argument("--only", nargs="*", default=None,
                    help="edit names (default: every benchmark edit)")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--kind", choices=("w_plus", "channels"), default="w_plus",
+                   help="W+ mappers (StyleCLIP's) or channel mappers (one seed; 300 steps unless --steps)")
+    p.add_argument("--steps", type=int, default=None, help="default: 1000 for W+ mappers, 300 for channel mappers")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds per edit; with several, the run with the lowest held-out objective ships")
     p.add_argument("--jobs", type=int, default=2)
@@ -82,11 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f"--seeds must be distinct whole numbers >= 0, got {args.seeds}")
+    if args.kind == "channels" and args.seeds != [0]:
+        p.error("channel mappers train from one seed (they start from the global edit); leave --seeds out")
+    args.steps = args.steps or (300 if args.kind == "channels" else 1000)
     specs = [s for s in BENCHMARK_EDITS if args.only is None or s.name in args.only]
     unknown = set(args.only or ()) - {s.name for s in specs}
     if unknown:
         raise SystemExit(f"unknown edits {sorted(unknown)}; known: {[s.name for s in BENCHMARK_EDITS]}")
-    folder = mappers_dir(args.model)
+    folder = mappers_dir(args.model) / ("channels" if args.kind == "channels" else "")
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     studio = Studio()
@@ -94,10 +115,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def train(job) -> tuple[str, int, int, float]:
         spec, seed = job
-        checkpoint = run_path(args.model, spec.name, seed, args.direction_weight)
+        if args.kind == "channels":
+            checkpoint = channel_run_path(args.model, spec.name)
+            cmd = channel_command(args.model, spec.neutral, spec.target, checkpoint, args.steps)
+        else:
+            checkpoint = run_path(args.model, spec.name, seed, args.direction_weight)
+            cmd = command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight, spec.neutral)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        cmd = command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight, spec.neutral)
         with open(checkpoint.with_suffix(".log"), "a") as fh:
             rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         return spec.name, seed, rc, time.time() - t0
@@ -112,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
                 failed.add(name)
     for spec in specs:
         if spec.name in failed:
+            continue
+        if args.kind == "channels":
+            checkpoint = channel_run_path(args.model, spec.name)
+            mapper = load_channel_mapper(checkpoint, studio.model(args.model).generator)
+            save_channel_mapper(mapper, folder / checkpoint.name, half=True)
             continue
         runs = {seed: run_path(args.model, spec.name, seed, args.direction_weight) for seed in args.seeds}
         best, scores = (pick_best(studio, args.model, spec.target, runs, args.direction_weight, spec.neutral)
