@@ -566,7 +566,7 @@ def api_apply_mapper(model: str, mapper: str, seed: float, strength: float):
     except (ValueError, FileNotFoundError) as exc:
         raise gr.Error(str(exc)) from None
     return edited, {"model": STUDIO.model(model).name, "mapper": mapper, "seed": seed_value,
-                    "strength": float(strength)}
+                    "strength": float(strength), "kind": "channels" if mapper.endswith("(channels)") else "w_plus"}
 
 
 def api_global_edit(model: str, seed: float, neutral: str, target: str, alpha: float, beta: float):

@@ -331,7 +331,7 @@ def cmd_train_channel_mapper(args: argparse.Namespace) -> dict:
     try:
         info = Studio(args.device).train_channel_mapper(
             args.model, args.neutral, args.target, out, steps=args.steps, extra=args.extra, id_weight=args.id_weight,
-            progress=_ProgressPrinter(), should_stop=should_stop)
+            seed=args.seed, progress=_ProgressPrinter(), should_stop=should_stop)
     finally:
         restore()
     return {"out": str(out), "resumed": resumed, **{k: v for k, v in info.items() if k != "path"}}
@@ -416,6 +416,7 @@ def _add_mapper_parsers(sub) -> None:
                    help="channels beyond the global direction's, by relevance (default 512)")
     p.add_argument("--id-weight", type=float, default=None,
                    help="identity loss weight; default 0.3 when the model's identity network is on disk, else 0")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_channel_mapper)
 
     p = sub.add_parser("apply-mapper", help="edit a seed's image with a trained (or official) mapper")

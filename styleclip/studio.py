@@ -572,12 +572,13 @@ class Studio:
     def train_channel_mapper(self, model: str, neutral: str, target: str, out_path: str | Path,
                              steps=CHANNEL_MAPPER_STEPS_DEFAULT, extra=None, progress=None, should_stop=None,
                              on_preview=None, on_step=None, preview_every: int = 25,
-                             id_weight: float | None = None) -> dict:
+                             id_weight: float | None = None, seed: int = 0) -> dict:
         """Trains a channel mapper (engines/channel_mapper.py) for the text pair into out_path (resumes if it exists).
 
         It starts from the global edit at auto-beta and alpha `CHANNEL_MAPPER_ALPHA` and moves those channels plus
         `extra` more (None: `EXTRA_DEFAULT`), so the model needs its precomputed statistics
-        (MissingStatisticsError otherwise). Callbacks as in `train_mapper`.
+        (MissingStatisticsError otherwise). `seed` seeds the initialisation and the sampled faces. Callbacks as in
+        `train_mapper`.
 
         Returns:
             info with the channel count, the final losses, the settings and the timing.
@@ -603,7 +604,7 @@ class Studio:
             step, list(zip(img_to_images(src), img_to_images(edit)))))
         mapper, record = train_channel_mapper(
             loaded.generator, loaded.clip, neutral, target, positions.to(loaded.device), base.to(loaded.device),
-            scale.to(loaded.device), steps=steps, id_weight=id_weight, identity=identity,
+            scale.to(loaded.device), steps=steps, id_weight=id_weight, identity=identity, seed=int(seed),
             truncation=loaded.bundle.truncation, progress=progress, should_stop=should_stop, checkpoint_path=out_path,
             preview_every=preview_every, on_preview=preview, on_step=on_step,
             meta={"model": loaded.name, "beta": beta, "alpha": CHANNEL_MAPPER_ALPHA, "extra": extra})
@@ -612,7 +613,7 @@ class Studio:
         last = record[-1] if record else {}
         return {"model": loaded.name, "kind": "channels", "neutral": neutral, "target": target,
                 "unknown_words": unknown_words(loaded, neutral, target), "steps": steps, "beta": beta,
-                "channels": int(positions.numel()), "extra": extra, "id_weight": id_weight,
+                "channels": int(positions.numel()), "extra": extra, "id_weight": id_weight, "seed": int(seed),
                 "clip_loss_end": round(last.get("clip", float("nan")), 4),
                 "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
 

@@ -275,6 +275,16 @@ def test_apply_mapper_api_refuses_unknown_mappers(client):
         client.predict("", "../../etc/passwd", 0, 1.0, api_name="/apply_mapper")
 
 
+def test_apply_mapper_api_serves_both_kinds_of_shipped_mapper(client):
+    from styleclip.studio import Studio
+
+    for name, kind in [("smiling", "w_plus"), ("smiling (channels)", "channels")]:
+        image_path, info = client.predict("", name, 4, 1.0, api_name="/apply_mapper")
+        assert info["kind"] == kind and info["seed"] == 4
+        [(_, _, expected)] = Studio().apply_mapper("toyfaces", Studio().shipped_mappers("toyfaces")[name], [4], 1.0)
+        assert np.abs(np.asarray(Image.open(image_path).convert("RGB")).astype(int) - expected).max() <= 1
+
+
 def test_invert_photo_api_reconstructs_a_fresh_render(client, tmp_path):
     """The upload flow through the API: a renderer face the generator never drew is inverted with a PSNR."""
     from gradio_client import handle_file

@@ -16,6 +16,7 @@ from styleclip.engines.channel_mapper import (
     save_channel_mapper,
     select_channels,
     train_channel_mapper,
+    validation_objective,
 )
 from styleclip.engines.mapper import Cancelled, LevelsMapper, MapperCheckpointError, sample_w_plus, save_mapper
 from styleclip.engines.statistics import conv_channel_index
@@ -101,12 +102,18 @@ def _objective(generator, clip_model, mapper, n=8):
         return float((1 - clip_model.encode_image(img) @ target.t()).mean())
 
 
-def test_training_lowers_the_clip_loss(tiny, tiny_clip):
+def test_training_lowers_the_clip_loss_and_the_held_out_objective(tiny, tiny_clip):
     start, _ = _train(tiny, tiny_clip, steps=0)
-    trained, history = _train(tiny, tiny_clip, steps=40, direction_weight=0.0, residual_weight=0.0)
+    weights = {"direction_weight": 0.0, "residual_weight": 0.0}
+    trained, history = _train(tiny, tiny_clip, steps=40, **weights)
     assert [r["step"] for r in history] == list(range(1, 41))
     assert {"loss", "clip", "dir", "residual"} <= set(history[0])
     assert _objective(tiny, tiny_clip, trained) < _objective(tiny, tiny_clip, start) - 1e-3
+    before = validation_objective(start, tiny, tiny_clip, NEUTRAL, TARGET, n=8, batch=3, **weights)
+    after = validation_objective(trained, tiny, tiny_clip, NEUTRAL, TARGET, n=8, batch=3, **weights)
+    assert after["loss"] < before["loss"] - 1e-3 and before["residual"] == 0.0
+    assert validation_objective(trained, tiny, tiny_clip, NEUTRAL, TARGET, n=8, batch=3, **weights) == after
+    assert not trained.training
 
 
 def test_training_is_deterministic_resumable_and_cancellable(tmp_path, tiny, tiny_clip):

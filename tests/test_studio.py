@@ -189,3 +189,17 @@ def test_channel_mapper_trains_from_the_global_edit_and_applies_to_seeds_and_pho
         toyfaces_studio.train_channel_mapper("toyfaces", "face", "smiling face", tmp_path / "x.pt", steps=1,
                                              extra=-3)
     assert not (tmp_path / "same.pt").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_shipped_mappers_list_both_kinds_and_each_loads_as_its_kind(toyfaces_studio):
+    from styleclip.engines.channel_mapper import ChannelMapper, load_any_mapper
+    from styleclip.engines.mapper import LevelsMapper
+
+    shipped = toyfaces_studio.shipped_mappers("toyfaces")
+    channels = {name: path for name, path in shipped.items() if name.endswith(" (channels)")}
+    assert channels and len(shipped) > len(channels)
+    assert all(path.parent.name == "channels" for path in channels.values())
+    generator = toyfaces_studio.model("toyfaces").generator
+    for name, path in shipped.items():
+        kind = ChannelMapper if name in channels else LevelsMapper
+        assert isinstance(load_any_mapper(path, generator), kind), name

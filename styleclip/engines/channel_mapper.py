@@ -36,6 +36,7 @@ from ..models.generator import Generator
 from .clip_losses import directional_loss, text_change_direction
 from .mapper import (
     MAPPER_FILE_EXPECTED,
+    VALIDATION_SEED,
     IdentityLossFn,
     LevelsMapper,
     MapperCheckpointError,
@@ -46,11 +47,12 @@ from .mapper import (
     sample_w_plus,
 )
 from .precompute import ProgressFn, clip_render_resolution
-from .training import TrainState, atomic_save, check_resumable, run_steps
+from .training import TrainState, atomic_save, check_resumable, held_out_terms, run_steps
 
 __all__ = ["EXTRA_DEFAULT", "FORMAT", "ChannelMapper", "ChannelMapperConfig", "apply_channel_mapper",
            "channel_mapper_from_checkpoint", "edit_channels", "is_channel_mapper_file", "load_any_mapper",
-           "load_channel_mapper", "save_channel_mapper", "select_channels", "train_channel_mapper"]
+           "load_channel_mapper", "save_channel_mapper", "select_channels", "train_channel_mapper",
+           "validation_objective"]
 
 FORMAT = "styleclip-studio-channel-mapper"
 FORMAT_VERSION = 1
@@ -230,6 +232,54 @@ def _loss_text(record: dict[str, float]) -> str:
             f"residual {record['residual']:.4f}" + (f", id {record['id']:.4f})" if "id" in record else ")"))
 
 
+class _Objective:
+    """The training objective of a channel mapper for one text pair; (mapper, w_plus [B, L, D]) → (loss, terms)."""
+
+    def __init__(self, generator: Generator, clip_model: ClipModel, neutral: str, target: str,
+                 direction_weight: float, residual_weight: float, id_weight: float,
+                 identity: IdentityLossFn | nn.Module | None):
+        self.generator, self.clip = generator, clip_model
+        self.text_target = clip_model.encode_text([target]).detach()  # [1, E]
+        self.change = text_change_direction(clip_model, neutral, target).detach()  # [1, E]
+        self.resolution = clip_render_resolution(generator, clip_model)
+        self.direction_weight, self.residual_weight, self.id_weight = direction_weight, residual_weight, id_weight
+        self.id_loss_fn = _identity_fn(identity) if id_weight > 0 else None
+
+    def __call__(self, mapper: ChannelMapper, w_plus: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        g, clip_model = self.generator, self.clip
+        with torch.no_grad():
+            s_source = g.s_to_flat(g.w_plus_to_s(w_plus))
+            img_source = g.synthesis(g.flat_to_s(s_source), until_resolution=self.resolution)
+            emb_source = clip_model.encode_image(img_source)
+        img = g.synthesis(g.flat_to_s(edit_channels(mapper, w_plus, s_source)), until_resolution=self.resolution)
+        emb = clip_model.encode_image(img)
+        clip_loss = (1 - emb @ self.text_target.t()).mean()
+        dir_loss = directional_loss(emb, emb_source, self.change).mean()
+        residual = mapper.residual(w_plus).square().mean()
+        loss = clip_loss + self.direction_weight * dir_loss + self.residual_weight * residual
+        terms = {"clip": clip_loss.item(), "dir": dir_loss.item(), "residual": residual.item()}
+        if self.id_loss_fn is not None:
+            id_loss = self.id_loss_fn(img, img_source).mean()
+            loss = loss + self.id_weight * id_loss
+            terms["id"] = id_loss.item()
+        return loss, {**terms, "loss": loss.item()}
+
+
+@torch.no_grad()
+def validation_objective(mapper: ChannelMapper, generator: Generator, clip_model: ClipModel, neutral: str,
+                         target: str, *, direction_weight: float = 3.0, residual_weight: float = 0.05,
+                         id_weight: float = 0.0, identity: IdentityLossFn | nn.Module | None = None,
+                         truncation: float = 0.7, n: int = 64, batch: int = 16) -> dict[str, float]:
+    """The training objective on `n` held-out sources (the W+ mapper's `VALIDATION_SEED` ones), so runs of one text
+    pair from different seeds can be compared without any attribute classifier: {"clip", "dir", "residual"[, "id"],
+    "loss"}, means over the sources."""
+    objective = _Objective(generator, clip_model, neutral.strip(), target.strip(), direction_weight,
+                           residual_weight, id_weight, identity)
+    return held_out_terms(mapper, lambda w_plus: objective(mapper, w_plus)[1],
+                          lambda count, start: sample_w_plus(generator, count, VALIDATION_SEED, truncation, stream=2,
+                                                             index=start), n, batch)
+
+
 def train_channel_mapper(
     generator: Generator,
     clip_model: ClipModel,
@@ -325,33 +375,15 @@ def train_channel_mapper(
             ckpt.update(train=train, optimizer=state.optimizer.state_dict(), step=state.step, history=state.history)
             atomic_save(ckpt, path)
 
-    text_target = clip_model.encode_text([target]).detach()  # [1, E]
-    change = text_change_direction(clip_model, neutral, target).detach()  # [1, E]
-    resolution = clip_render_resolution(generator, clip_model)
-    id_loss_fn = _identity_fn(identity) if id_weight > 0 else None
+    objective = _Objective(generator, clip_model, neutral, target, direction_weight, residual_weight, id_weight,
+                           identity)
 
     def step_fn(step: int) -> dict[str, float]:
-        w_plus = sample_w_plus(generator, batch, seed, truncation, stream=0, index=step)
-        with torch.no_grad():
-            s_source = generator.s_to_flat(generator.w_plus_to_s(w_plus))
-            img_source = generator.synthesis(generator.flat_to_s(s_source), until_resolution=resolution)
-            emb_source = clip_model.encode_image(img_source)
-        img = generator.synthesis(generator.flat_to_s(edit_channels(mapper, w_plus, s_source)),
-                                  until_resolution=resolution)
-        emb = clip_model.encode_image(img)
-        clip_loss = (1 - emb @ text_target.t()).mean()
-        dir_loss = directional_loss(emb, emb_source, change).mean()
-        residual = mapper.residual(w_plus).square().mean()
-        loss = clip_loss + direction_weight * dir_loss + residual_weight * residual
-        terms = {"clip": clip_loss.item(), "dir": dir_loss.item(), "residual": residual.item()}
-        if id_loss_fn is not None:
-            id_loss = id_loss_fn(img, img_source).mean()
-            loss = loss + id_weight * id_loss
-            terms["id"] = id_loss.item()
+        loss, terms = objective(mapper, sample_w_plus(generator, batch, seed, truncation, stream=0, index=step))
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)  # generator and CLIP stay read-only
         state.optimizer.step()
-        return {**terms, "loss": loss.item()}
+        return terms
 
     preview_src = sample_w_plus(generator, preview_count, seed, truncation, stream=1) if on_preview else None
 

@@ -33,7 +33,7 @@ from ..models.generator import EqualLinear, Generator
 from ..models.identity import IdentityModel
 from .clip_losses import directional_loss, text_change_direction
 from .precompute import Cancelled, ProgressFn, clip_render_resolution
-from .training import TrainState, atomic_save, check_resumable, run_steps
+from .training import TrainState, atomic_save, check_resumable, held_out_terms, run_steps
 
 __all__ = [
     "FORMAT",
@@ -644,17 +644,12 @@ def validation_objective(mapper: LevelsMapper, generator: Generator, clip_model:
     text_change = text_change_direction(clip_model, neutral.strip(), text.strip()) if direction_weight > 0 else None
     resolution = clip_render_resolution(generator, clip_model)
     weights = (clip_weight, l2_weight, id_weight, direction_weight)
-    was_training = mapper.training
-    mapper.eval()
-    sums: dict[str, float] = {}
-    for start in range(0, n, batch):
-        w_plus = sample_w_plus(generator, min(batch, n - start), VALIDATION_SEED, truncation, stream=2, index=start)
-        _, terms = _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity,
-                              text_change)
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value * w_plus.shape[0]
-    mapper.train(was_training)
-    return {key: value / n for key, value in sums.items()}
+    return held_out_terms(
+        mapper,
+        lambda w_plus: _objective(mapper, generator, clip_model, target, w_plus, resolution, weights, identity,
+                                  text_change)[1],
+        lambda count, start: sample_w_plus(generator, count, VALIDATION_SEED, truncation, stream=2, index=start),
+        n, batch)
 
 
 def _loss_text(record: dict[str, float]) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .precompute import Cancelled, ProgressFn
 
-__all__ = ["TrainState", "atomic_save", "check_resumable", "run_steps"]
+__all__ = ["TrainState", "atomic_save", "check_resumable", "held_out_terms", "run_steps"]
 
 
 @dataclass
@@ -101,3 +101,23 @@ def run_steps(
             on_step(dict(record))
     if state.step != last_saved or (path is not None and not path.exists()):
         save()
+
+
+@torch.no_grad()
+def held_out_terms(net: nn.Module, terms_of: Callable[[torch.Tensor], dict[str, float]],
+                   sample: Callable[[int, int], torch.Tensor], n: int, batch: int) -> dict[str, float]:
+    """Means of the objective's terms over `n` held-out sources, the net in eval mode meanwhile.
+
+    Args:
+        terms_of: sources [B, ...] → {"loss", ...} batch means.
+        sample: (count, start index) → that many sources, the same ones for every run compared.
+    """
+    was_training = net.training
+    net.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, n, batch):
+        sources = sample(min(batch, n - start), start)
+        for key, value in terms_of(sources).items():
+            sums[key] = sums.get(key, 0.0) + value * sources.shape[0]
+    net.train(was_training)
+    return {key: value / n for key, value in sums.items()}

@@ -13,8 +13,9 @@ to `assets/mappers/<model>/<name>.pt`, the file name the app lists and `evaluati
 Seeded; one process per run, one CPU thread each.
 
 `--kind channels` trains channel mappers (engines/channel_mapper.py) with `train-channel-mapper` on each edit's
-text pair instead, checkpoints in `runs/mappers/<model>/channels/`, shipped with float16 weights (0.5 MB each) to
-`assets/mappers/<model>/channels/<name>.pt`, where the app lists them as "<name> (channels)".
+text pair instead, checkpoints in `runs/mappers/<model>/channels/`, shipped with float16 weights (0.2 MB each) to
+`assets/mappers/<model>/channels/<name>.pt`, where the app lists them as "<name> (channels)"; several `--seeds`
+are compared the same way, on the channel mapper's own objective.
 
 A W+ mapper's quality depends on its training seed by tens of points (BENCHMARKS.md, "Mapper layer groups"), so
 with several `--seeds` each edit's runs are compared on the training objective over the same held-out sources
@@ -32,10 +33,11 @@ import time
 from pathlib import Path
 
 from ..engines.channel_mapper import load_channel_mapper, save_channel_mapper
+from ..engines.channel_mapper import validation_objective as channel_validation_objective
 from ..engines.mapper import load_mapper, save_mapper, validation_objective
 from ..evaluation import BENCHMARK_EDITS
 from ..models.model_zoo import mappers_dir
-from ..studio import Studio
+from ..studio import CHANNEL_MAPPER_ID_WEIGHT, Studio, identity_term
 
 LOG_DIR = Path(__file__).resolve().parents[2] / "runs" / "mappers"  # training logs stay out of assets/
 L2_WEIGHT = 0.8  # train-mapper's default, which `command` keeps
@@ -50,14 +52,14 @@ def command(model: str, text: str, out: Path, steps: int, seed: int, direction_w
     return cmd
 
 
-def channel_command(model: str, neutral: str, target: str, out: Path, steps: int) -> list[str]:
+def channel_command(model: str, neutral: str, target: str, out: Path, steps: int, seed: int) -> list[str]:
     return [sys.executable, "-m", "styleclip", "train-channel-mapper", "--model", model, "--neutral", neutral,
-            "--target", target, "--out", str(out), "--steps", str(steps)]
+            "--target", target, "--out", str(out), "--steps", str(steps), "--seed", str(seed)]
 
 
-def channel_run_path(model: str, name: str) -> Path:
-    """The training checkpoint of a channel mapper run."""
-    return LOG_DIR / model / "channels" / f"{name.replace(' ', '_')}.pt"
+def channel_run_path(model: str, name: str, seed: int) -> Path:
+    """The training checkpoint of a channel mapper run (seed 0 without a suffix)."""
+    return LOG_DIR / model / "channels" / (name.replace(" ", "_") + ("" if seed == 0 else f"_seed{seed}") + ".pt")
 
 
 def run_path(model: str, name: str, seed: int, direction_weight: float = 0.0) -> Path:
@@ -69,12 +71,18 @@ def run_path(model: str, name: str, seed: int, direction_weight: float = 0.0) ->
 
 
 def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path], direction_weight: float = 0.0,
-              neutral: str = "face") -> tuple[int, dict[int, dict]]:
+              neutral: str = "face", kind: str = "w_plus") -> tuple[int, dict[int, dict]]:
     """The seed whose mapper has the lowest held-out training objective, and every run's objective terms."""
     loaded = studio.model(model)
-    identity, id_weight, _ = studio.mapper_identity(model)
     scores = {}
     for seed, path in runs.items():
+        if kind == "channels":
+            identity, id_weight, _ = identity_term(loaded, None, CHANNEL_MAPPER_ID_WEIGHT)
+            scores[seed] = channel_validation_objective(
+                load_channel_mapper(path, loaded.generator), loaded.generator, loaded.clip, neutral, text,
+                id_weight=id_weight, identity=identity, truncation=loaded.bundle.truncation)
+            continue
+        identity, id_weight, _ = studio.mapper_identity(model)
         mapper = load_mapper(path, loaded.generator)
         scores[seed] = validation_objective(mapper, loaded.generator, loaded.clip, text, clip_weight=1.0,
                                             l2_weight=L2_WEIGHT, id_weight=id_weight, identity=identity,
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=None,
                    help="edit names (default: every benchmark edit)")
     p.add_argument("--kind", choices=("w_plus", "channels"), default="w_plus",
-                   help="W+ mappers (StyleCLIP's) or channel mappers (one seed; 300 steps unless --steps)")
+                   help="W+ mappers (StyleCLIP's) or channel mappers (300 steps unless --steps)")
     p.add_argument("--steps", type=int, default=None, help="default: 1000 for W+ mappers, 300 for channel mappers")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds per edit; with several, the run with the lowest held-out objective ships")
@@ -100,8 +108,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f"--seeds must be distinct whole numbers >= 0, got {args.seeds}")
-    if args.kind == "channels" and args.seeds != [0]:
-        p.error("channel mappers train from one seed (they start from the global edit); leave --seeds out")
     args.steps = args.steps or (300 if args.kind == "channels" else 1000)
     specs = [s for s in BENCHMARK_EDITS if args.only is None or s.name in args.only]
     unknown = set(args.only or ()) - {s.name for s in specs}
@@ -116,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     def train(job) -> tuple[str, int, int, float]:
         spec, seed = job
         if args.kind == "channels":
-            checkpoint = channel_run_path(args.model, spec.name)
-            cmd = channel_command(args.model, spec.neutral, spec.target, checkpoint, args.steps)
+            checkpoint = channel_run_path(args.model, spec.name, seed)
+            cmd = channel_command(args.model, spec.neutral, spec.target, checkpoint, args.steps, seed)
         else:
             checkpoint = run_path(args.model, spec.name, seed, args.direction_weight)
             cmd = command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight, spec.neutral)
@@ -138,19 +144,19 @@ def main(argv: list[str] | None = None) -> None:
     for spec in specs:
         if spec.name in failed:
             continue
-        if args.kind == "channels":
-            checkpoint = channel_run_path(args.model, spec.name)
-            mapper = load_channel_mapper(checkpoint, studio.model(args.model).generator)
-            save_channel_mapper(mapper, folder / checkpoint.name, half=True)
-            continue
-        runs = {seed: run_path(args.model, spec.name, seed, args.direction_weight) for seed in args.seeds}
-        best, scores = (pick_best(studio, args.model, spec.target, runs, args.direction_weight, spec.neutral)
-                        if len(runs) > 1 else (args.seeds[0], {}))
+        channels = args.kind == "channels"
+        runs = {seed: channel_run_path(args.model, spec.name, seed) if channels
+                else run_path(args.model, spec.name, seed, args.direction_weight) for seed in args.seeds}
+        best, scores = (pick_best(studio, args.model, spec.target, runs, args.direction_weight, spec.neutral,
+                                  args.kind) if len(runs) > 1 else (args.seeds[0], {}))
         for seed, terms in scores.items():
             print(f"{spec.name} seed {seed}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
                   + ("  <- shipped" if seed == best else ""), flush=True)
-        mapper = load_mapper(runs[best], studio.model(args.model).generator)
-        save_mapper(mapper, folder / f"{spec.name.replace(' ', '_')}.pt")  # weights, config, meta: 0.8 MB
+        generator, shipped = studio.model(args.model).generator, folder / f"{spec.name.replace(' ', '_')}.pt"
+        if channels:
+            save_channel_mapper(load_channel_mapper(runs[best], generator), shipped, half=True)  # 0.2 MB
+        else:
+            save_mapper(load_mapper(runs[best], generator), shipped)  # weights, config, meta: 0.8 MB
 
 
 if __name__ == "__main__":
