@@ -70,6 +70,28 @@ def channels_for(loaded, spec: EditSpec, alpha: float, extra: int) -> tuple[torc
     return chosen, alpha * delta[chosen]
 
 
+# Attribute texts whose CLIP reading an edit of something else should leave alone (the face's fragile parts first).
+PROBES = ("smiling face", "frowning face", "face with an open mouth", "face with closed eyes", "face with blue eyes",
+          "face with brown eyes", "face with green eyes", "face with black hair", "face with blond hair",
+          "face with red hair", "face with gray hair", "face with brown hair", "face with glasses",
+          "face with sunglasses", "face with a hat", "face with a beard", "face with a moustache",
+          "face with lipstick", "face with earrings", "bald face", "face with long hair", "old face")
+
+
+def probe_directions(clip, change: torch.Tensor, probes: str, max_cos: float = 0.5) -> torch.Tensor:
+    """[M, E] unit text changes face → probe, with the target's change [1, E] projected out; probes whose change
+    is within acos(max_cos) of the target's are dropped (they describe the edit itself)."""
+    texts = [t.strip() for t in probes.split(";") if t.strip()] if probes else list(PROBES)
+    rows = []
+    for text in texts:
+        d = text_change_direction(clip, "face", text)
+        cos = float(d @ change.t())
+        if abs(cos) < max_cos:
+            d = d - cos * change
+            rows.append(d / d.norm())
+    return torch.cat(rows).detach()
+
+
 def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
     g, clip = loaded.generator, loaded.clip
     positions, base = channels_for(loaded, spec, args.alpha, args.extra)
@@ -83,6 +105,7 @@ def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
     else:
         target = clip.encode_text([spec.target]).detach()
         change = text_change_direction(clip, spec.neutral, spec.target).detach()
+    probes = probe_directions(clip, change, args.probes) if args.probe_weight > 0 else None
     res = clip_render_resolution(g, clip)
     rng = torch.Generator().manual_seed(args.seed)
     for step in range(args.steps):
@@ -102,6 +125,8 @@ def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
         loss = clip_loss + args.dir_weight * dir_loss + args.reg_weight * reg
         if identity is not None and args.id_weight > 0:
             loss = loss + args.id_weight * identity.loss(img, img_src).mean()
+        if probes is not None:  # CLIP's reading of the other attributes should stay where it was
+            loss = loss + args.probe_weight * ((emb - emb_src) @ probes.t()).square().sum(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -125,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dir-weight", type=float, default=3.0)
     p.add_argument("--reg-weight", type=float, default=0.05)
     p.add_argument("--id-weight", type=float, default=0.3)
+    p.add_argument("--probe-weight", type=float, default=0.0,
+                   help="weight of the CLIP probe term: the edit should not move CLIP's reading of other attributes")
+    p.add_argument("--probes", default="", help="';'-separated probe texts (default: PROBES)")
     p.add_argument("--templates", action="store_true",
                    help="CLIP targets from the 80-template prompt ensemble instead of the bare text")
     p.add_argument("--seed", type=int, default=0)

@@ -331,6 +331,8 @@ class StyledConv(nn.Module):
         if torch.is_grad_enabled():
             return F.leaky_relu(torch.addcmul(x, noise, self.noise.weight), 0.2)
         # Inference: update in place, saving two passes over the largest tensors of the network.
+        if x.is_cuda:  # reading the weight as a Python number would wait for the GPU at every layer
+            return F.leaky_relu_(x.addcmul_(noise, self.noise.weight), 0.2)
         # add_ with a Python scalar is ~4x faster than addcmul_ with the [1] weight tensor on channels_last maps.
         return F.leaky_relu_(x.add_(noise, alpha=float(self.noise.weight)), 0.2)
 
