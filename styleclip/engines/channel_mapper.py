@@ -209,7 +209,7 @@ def channel_mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, s
         raise MapperCheckpointError(f"{source}: {exc}") from exc
     mapper.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     mapper.meta = dict(ckpt.get("meta") or {})
-    return mapper.to(generator.input.input.device)
+    return mapper.to(generator.device)
 
 
 def load_channel_mapper(path: str | os.PathLike[str], generator: Generator) -> ChannelMapper:
@@ -347,7 +347,7 @@ def train_channel_mapper(
     if positions.numel() == 0:
         raise ValueError("The channel mapper has no channels to move; lower beta or add extra channels.")
     steps, batch = int(steps), int(batch)
-    device = generator.input.input.device
+    device = generator.device
     config = ChannelMapperConfig(generator.style_dim, generator.n_latent, generator.s_dim, positions.numel(), hidden)
     with torch.random.fork_rng(devices=[]):  # seeds the MLP's initialisation, not the caller's RNG
         torch.manual_seed(seed)

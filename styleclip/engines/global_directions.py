@@ -199,7 +199,7 @@ class GlobalDirections:
     @property
     def device(self) -> torch.device:
         """The generator's device: codes are moved there to render."""
-        return self.generator.input.input.device
+        return self.generator.device
 
     @torch.inference_mode()
     def source_s(self, w_plus: torch.Tensor) -> torch.Tensor:

@@ -147,7 +147,7 @@ def _prepare_target(generator: Generator, img_target: torch.Tensor) -> torch.Ten
     if not isinstance(img_target, torch.Tensor) or img_target.ndim != 4 or tuple(img_target.shape[:2]) != (1, 3):
         shape = tuple(img_target.shape) if isinstance(img_target, torch.Tensor) else type(img_target).__name__
         raise ValueError(f"img_target must be [1, 3, H, W] float in [-1, 1]; got {shape}.")
-    device = generator.input.input.device
+    device = generator.device
     target = img_target.detach().to(device=device, dtype=torch.float32)
     if target.shape[-2:] != (generator.size, generator.size):
         # Antialiased area-like resize: a 1024 photo for a 256 generator must not alias.

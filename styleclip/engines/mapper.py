@@ -240,7 +240,7 @@ class LevelsMapper(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             mapper = cls(config)
-        return mapper.to(generator.input.input.device)
+        return mapper.to(generator.device)
 
     def forward(self, w_plus: torch.Tensor) -> torch.Tensor:
         """w_plus: [N, L, D] → M(w_plus): [N, L, D]; rows of disabled (or empty) groups are zero."""
@@ -513,7 +513,7 @@ def mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, source: s
         raise MapperCheckpointError(
             f"{source} is not {MAPPER_FILE_EXPECTED}; found top-level keys {preview_keys(ckpt)}{hint}."
         )
-    return mapper.to(generator.input.input.device)
+    return mapper.to(generator.device)
 
 
 def _read_mapper(path: str | os.PathLike[str], generator: Generator) -> tuple[LevelsMapper, dict[str, Any]]:
@@ -561,7 +561,7 @@ def sample_w_plus(
     `stream` 0 is the training batches (index = step), 1 the fixed preview batch.
     """
     g = torch.Generator().manual_seed(_seed_for(seed, stream, index))
-    z = torch.randn(n, generator.style_dim, generator=g).to(generator.input.input.device)
+    z = torch.randn(n, generator.style_dim, generator=g).to(generator.device)
     return generator.z_to_w_plus(z, truncation)
 
 

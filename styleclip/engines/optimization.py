@@ -145,14 +145,14 @@ def _checked_s(generator: Generator, s_0: Sequence[torch.Tensor]) -> list[torch.
     if len(shapes) != len(dims) or any(len(sh) != 2 or sh[1] != d or sh[0] != shapes[0][0]
                                        for sh, d in zip(shapes, dims, strict=False)):
         raise ValueError(f"s_0 must be {len(dims)} tensors [N, dim_l] with dims {dims}, got shapes {shapes}.")
-    device = generator.input.input.device
+    device = generator.device
     return [t.detach().to(device=device, dtype=torch.float32).clone() for t in s_0]
 
 
 def _initial_w_plus(generator: Generator, w_plus_0: torch.Tensor | None, seed: int | None,
                     truncation: float) -> torch.Tensor:
     """The start latent [N, L, D] as an ordinary (non-inference) tensor on the generator's device."""
-    device = generator.input.input.device
+    device = generator.device
     if w_plus_0 is None:
         if seed is None:
             raise ValueError("pass w_plus_0 or a seed to start from.")

@@ -66,7 +66,7 @@ def sample_w(generator: Generator, n: int, seed: int, truncation: float) -> torc
     """n truncated w [n, D] from numpy RandomState(seed) normals (the official stats use seed 5, psi 0.7), on the
     generator's device."""
     z = torch.from_numpy(np.random.RandomState(seed).randn(n, generator.style_dim).astype(np.float32))
-    z = z.to(generator.input.input.device)
+    z = z.to(generator.device)
     with torch.inference_mode():
         return generator.truncate(generator.mapping(z), truncation)
 
@@ -79,7 +79,7 @@ def compute_s_stats(generator: Generator, n: int = 100_000, seed: int = 5, trunc
     total = torch.zeros(generator.s_dim, dtype=torch.float64)
     total_sq = torch.zeros(generator.s_dim, dtype=torch.float64)
     for start in range(0, n, chunk):
-        z = torch.from_numpy(z_all[start:start + chunk]).to(generator.input.input.device)
+        z = torch.from_numpy(z_all[start:start + chunk]).to(generator.device)
         w = generator.truncate(generator.mapping(z), truncation)
         s = generator.s_to_flat(generator.w_plus_to_s(generator.w_to_w_plus(w))).double()
         total += s.sum(0).cpu()
@@ -345,7 +345,7 @@ def channel_secants(generator: Generator, clip_model: ClipModel, s_flat: torch.T
     Returns:
         [N, R, D] unit embedding differences (+5σ minus −5σ), on the CPU.
     """
-    device = generator.input.input.device
+    device = generator.device
     s_flat, mean, std = s_flat.to(device), mean.to(device), std.to(device)
     positions = conv_channel_index(generator)[rows]
     layer_of = torch.zeros(generator.s_dim, dtype=torch.long)

@@ -437,6 +437,11 @@ class Generator(nn.Module):
         return len(self.style_layers)
 
     @property
+    def device(self) -> torch.device:
+        """Where the generator's weights are (its constant input's device); codes go there to render."""
+        return self.input.input.device
+
+    @property
     def s_dim(self) -> int:
         return sum(layer.dim for layer in self.style_layers)
 
@@ -480,7 +485,7 @@ class Generator(nn.Module):
     def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
         """Mean of the mapping output over `n` random z (used when a checkpoint lacks `latent_avg`)."""
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.style_dim, generator=g).to(self.input.input.device)
+        z = torch.randn(n, self.style_dim, generator=g).to(self.device)
         return self.mapping(z).mean(0)
 
     # ----------------------------------------------------------------------------------------- synthesis
