@@ -1,7 +1,8 @@
 """Speed of the mapper and optimization engines (what a person waits for in their tabs).
 
 - mapper inference: one W+ code through a (randomly initialised) LevelsMapper and the synthesis, ms per image, on
-  the embedded model (batch 1 and batch 8);
+  the embedded model (batch 1 and batch 8); the same for a shipped channel mapper (its change in S, then the
+  synthesis from S);
 - latent optimization: seconds per step on the embedded model and on an FFHQ-1024-shaped generator with a
   ViT-B/32-shaped CLIP (random weights: same cost as the real ones).
 Prints one JSON line.
@@ -22,21 +23,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from styleclip.engines.channel_mapper import apply_channel_mapper, load_channel_mapper  # noqa: E402
 from styleclip.engines.mapper import LevelsMapper, apply_mapper  # noqa: E402
 from styleclip.engines.optimization import optimize  # noqa: E402
+from styleclip.models import model_zoo  # noqa: E402
 from styleclip.models.clip_model import ClipModel, build_small_clip  # noqa: E402
 from styleclip.models.generator import Generator  # noqa: E402
 from styleclip.studio import Studio, optimization_weights  # noqa: E402
 
 
-def mapper_ms_per_image(loaded, batch: int, reps: int = 10) -> float:
-    mapper = LevelsMapper.for_generator(loaded.generator, seed=0).eval()
+def mapper_ms_per_image(loaded, batch: int, reps: int = 10, channel_mapper_path: Path | None = None) -> float:
+    """Median ms per image of mapper + synthesis: a fresh W+ mapper, or the channel mapper file given."""
+    g = loaded.generator
+    mapper = (LevelsMapper.for_generator(g, seed=0).eval() if channel_mapper_path is None
+              else load_channel_mapper(channel_mapper_path, g))
+
+    def render(w_plus):
+        if channel_mapper_path is None:
+            return g.synthesis_w_plus(apply_mapper(mapper, w_plus))
+        return g.synthesis(g.flat_to_s(apply_channel_mapper(mapper, g, w_plus)))
     w_plus = torch.cat([loaded.source_w_plus(s) for s in range(batch)])
     times = []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            loaded.generator.synthesis_w_plus(apply_mapper(mapper, w_plus))
+            render(w_plus)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:]) * 1000 / batch
 
@@ -61,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"model": loaded.name, "threads": args.threads,
               "mapper_ms_per_image_batch1": round(mapper_ms_per_image(loaded, 1), 1),
               "mapper_ms_per_image_batch8": round(mapper_ms_per_image(loaded, 8), 1),
+              **{f"channel_mapper_ms_per_image_batch{b}": round(mapper_ms_per_image(loaded, b, channel_mapper_path=(
+                  model_zoo.mappers_dir(loaded.name) / "channels" / "smiling.pt")), 1) for b in (1, 8)},
               "optimization_s_per_step_embedded": round(seconds_per_step(loaded.generator, loaded.clip,
                                                                          args.opt_steps), 3)}
     l2, id_lambda, identity = optimization_weights(loaded)  # the model's defaults, as the app runs them
