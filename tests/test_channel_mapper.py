@@ -220,6 +220,8 @@ def test_config_and_module_check_their_shapes(tiny):
     config = ChannelMapperConfig(tiny.style_dim, tiny.n_latent, tiny.s_dim, channels=3)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         ChannelMapper(config, torch.arange(4), torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="distinct"):
+        ChannelMapper(config, torch.tensor([4, 7, 4]), torch.zeros(3), torch.ones(3))
     mapper = ChannelMapper(config, torch.arange(3), torch.zeros(3), torch.ones(3))
     assert ChannelMapperConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="expected w_plus"):

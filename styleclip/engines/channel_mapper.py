@@ -95,6 +95,8 @@ class ChannelMapper(nn.Module):
                              f"{tuple(positions.shape)}, {tuple(base.shape)}, {tuple(scale.shape)}")
         if k and (int(positions.min()) < 0 or int(positions.max()) >= config.s_dim):
             raise ValueError(f"channel positions must lie in [0, {config.s_dim}) (the flat s vector)")
+        if positions.unique().numel() != k:
+            raise ValueError("channel positions must be distinct")
         self.config = config
         self.register_buffer("positions", positions.long().clone())
         self.register_buffer("base", base.float().clone())
