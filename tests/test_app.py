@@ -278,11 +278,16 @@ def test_apply_mapper_api_refuses_unknown_mappers(client):
 def test_apply_mapper_api_serves_both_kinds_of_shipped_mapper(client):
     from styleclip.studio import Studio
 
-    for name, kind in [("smiling", "w_plus"), ("smiling (channels)", "channels")]:
+    studio = Studio()
+    kinds = {"smiling": "w_plus", "smiling (channels)": "channels"}
+    expected = {name: studio.apply_mapper("toyfaces", studio.shipped_mappers("toyfaces")[name], [4], 1.0)[0][2]
+                for name in kinds}
+    for name, kind in kinds.items():
         image_path, info = client.predict("", name, 4, 1.0, api_name="/apply_mapper")
         assert info["kind"] == kind and info["seed"] == 4
-        [(_, _, expected)] = Studio().apply_mapper("toyfaces", Studio().shipped_mappers("toyfaces")[name], [4], 1.0)
-        assert np.abs(np.asarray(Image.open(image_path).convert("RGB")).astype(int) - expected).max() <= 1
+        served = np.asarray(Image.open(image_path).convert("RGB")).astype(int)  # the API sends lossy WebP
+        errors = {other: np.abs(served - image).mean() for other, image in expected.items()}
+        assert errors[name] < 4 and errors[name] < min(v for k, v in errors.items() if k != name), errors
 
 
 def test_invert_photo_api_reconstructs_a_fresh_render(client, tmp_path):
