@@ -138,34 +138,59 @@ def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
     return mapper.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--edits", default="", help="comma-separated benchmark edit names (default: all)")
+def add_common_arguments(p: argparse.ArgumentParser, seeds: int, extra: int) -> None:
+    """The edit selection, the objective's weights and the benchmark's seeds, shared with
+    bench_channel_optimization.py."""
+    p.add_argument("--edits", default="", help="comma-separated edit names (default: all of the set)")
     p.add_argument("--edit-set", default="benchmark", choices=sorted(EDIT_SETS))
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alpha", type=float, default=4.1)
-    p.add_argument("--extra", type=int, default=0, help="channels beyond auto-beta's, by relevance")
+    p.add_argument("--extra", type=int, default=extra, help="channels beyond auto-beta's, by relevance")
     p.add_argument("--dir-weight", type=float, default=3.0)
     p.add_argument("--reg-weight", type=float, default=0.05)
     p.add_argument("--id-weight", type=float, default=0.3)
+    p.add_argument("--seeds", type=int, default=seeds)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+def selected_specs(args: argparse.Namespace) -> list[EditSpec]:
+    specs = list(EDIT_SETS[args.edit_set])
+    if args.edits:
+        wanted = {e.strip() for e in args.edits.split(",")}
+        specs = [s for s in specs if s.name in wanted]
+    return specs
+
+
+def report_edits(loaded, edit_fn, specs: list[EditSpec], args: argparse.Namespace, label: str,
+                 seconds: tuple[str, float]) -> None:
+    """Runs the edit benchmark on the args' seeds and prints the table, or one JSON line with `--json`."""
+    report = evaluate_edits(loaded, load_classifier(), edit_fn, specs,
+                            range(args.first_seed, args.first_seed + args.seeds), label=f"{label}: {vars(args)}")
+    if args.json:
+        print(json.dumps({"success": report.success, "preservation": report.preservation,
+                          seconds[0]: round(seconds[1], 1),
+                          "edits": {r.spec.name: [r.success, r.preservation] for r in report.rows}}))
+    else:
+        print(format_report(report))
+        print(f"{seconds[0]}: {seconds[1]:.0f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, seeds=50, extra=0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--probe-weight", type=float, default=0.0,
                    help="weight of the CLIP probe term: the edit should not move CLIP's reading of other attributes")
     p.add_argument("--probes", default="", help="';'-separated probe texts (default: PROBES)")
     p.add_argument("--templates", action="store_true",
                    help="CLIP targets from the 80-template prompt ensemble instead of the bare text")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=50)
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    specs = list(EDIT_SETS[args.edit_set])
-    if args.edits:
-        wanted = {e.strip() for e in args.edits.split(",")}
-        specs = [s for s in specs if s.name in wanted]
+    specs = selected_specs(args)
     loaded = Studio("cpu").model("toyfaces")
     identity = identity_for_bundle("toyfaces") if args.id_weight > 0 else None
     mappers, t0 = {}, time.perf_counter()
@@ -182,16 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         s[:, mapper.positions] += mapper(w_plus[:, 0])
         return g.synthesis(g.flat_to_s(s))
 
-    report = evaluate_edits(loaded, load_classifier(), edit_fn, specs,
-                            range(args.first_seed, args.first_seed + args.seeds),
-                            label=f"channel mapper: {vars(args)}")
-    if args.json:
-        print(json.dumps({"success": report.success, "preservation": report.preservation,
-                          "train_s": round(train_s, 1),
-                          "edits": {r.spec.name: [r.success, r.preservation] for r in report.rows}}))
-    else:
-        print(format_report(report))
-        print(f"training {train_s:.0f} s for {len(specs)} edits")
+    report_edits(loaded, edit_fn, specs, args, "channel mapper", ("train_s", train_s))
 
 
 if __name__ == "__main__":

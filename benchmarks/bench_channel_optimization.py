@@ -13,7 +13,6 @@ global edit (alpha · Δs_global / σ), Adam with the official schedule on CLIP 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,39 +21,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_channel_mapper import add_common_arguments, report_edits, selected_specs  # noqa: E402
+
 from styleclip.engines.channel_mapper import select_channels  # noqa: E402
 from styleclip.engines.clip_losses import directional_loss, text_change_direction  # noqa: E402
 from styleclip.engines.optimization import lr_schedule  # noqa: E402
 from styleclip.engines.precompute import clip_render_resolution  # noqa: E402
-from styleclip.evaluation import BENCHMARK_EDITS, HELDOUT_EDITS, EditSpec, evaluate_edits, format_report  # noqa: E402
+from styleclip.evaluation import EditSpec  # noqa: E402
 from styleclip.models.identity import identity_for_bundle  # noqa: E402
 from styleclip.studio import Studio  # noqa: E402
-from styleclip.toyfaces.classifier import load_classifier  # noqa: E402
-
-EDIT_SETS = {"benchmark": BENCHMARK_EDITS, "heldout": HELDOUT_EDITS}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--edits", default="", help="comma-separated edit names (default: all of the set)")
-    p.add_argument("--edit-set", default="benchmark", choices=sorted(EDIT_SETS))
+    add_common_arguments(p, seeds=20, extra=512)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--alpha", type=float, default=4.1)
-    p.add_argument("--extra", type=int, default=512)
-    p.add_argument("--dir-weight", type=float, default=3.0)
-    p.add_argument("--reg-weight", type=float, default=0.05)
-    p.add_argument("--id-weight", type=float, default=0.3)
-    p.add_argument("--seeds", type=int, default=20)
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    specs = list(EDIT_SETS[args.edit_set])
-    if args.edits:
-        wanted = {e.strip() for e in args.edits.split(",")}
-        specs = [s for s in specs if s.name in wanted]
+    specs = selected_specs(args)
     loaded = Studio("cpu").model("toyfaces")
     g, clip, engine = loaded.generator, loaded.clip, loaded.engine()
     identity = identity_for_bundle("toyfaces") if args.id_weight > 0 else None
@@ -101,17 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         t_total[0] += time.perf_counter() - t0
         return out
 
-    report = evaluate_edits(loaded, load_classifier(), edit_fn, specs,
-                            range(args.first_seed, args.first_seed + args.seeds),
-                            label=f"channel optimization: {vars(args)}")
-    if args.json:
-        print(json.dumps({"success": report.success, "preservation": report.preservation,
-                          "optimize_s": round(t_total[0], 1),
-                          "edits": {r.spec.name: [r.success, r.preservation] for r in report.rows}}))
-    else:
-        print(format_report(report))
-        print(f"optimization {t_total[0]:.0f} s in all")
-
+    report_edits(loaded, edit_fn, specs, args, "channel optimization", ("optimize_s", t_total[0]))
 
 if __name__ == "__main__":
     main()
