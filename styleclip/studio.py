@@ -599,7 +599,7 @@ class Studio:
         positions, base, scale = select_channels(relevance, engine.direction(neutral, target, beta).delta_s,
                                                  engine.stats.conv_index, engine.stats.std, CHANNEL_MAPPER_ALPHA,
                                                  extra)
-        identity, id_weight, _ = identity_term(loaded, id_weight, CHANNEL_MAPPER_ID_WEIGHT)
+        identity, id_weight, identity_note = identity_term(loaded, id_weight, CHANNEL_MAPPER_ID_WEIGHT)
         preview = None if on_preview is None else (lambda step, src, edit: on_preview(
             step, list(zip(img_to_images(src), img_to_images(edit)))))
         mapper, record = train_channel_mapper(
@@ -615,7 +615,8 @@ class Studio:
                 "unknown_words": unknown_words(loaded, neutral, target), "steps": steps, "beta": beta,
                 "channels": int(positions.numel()), "extra": extra, "id_weight": id_weight, "seed": int(seed),
                 "clip_loss_end": round(last.get("clip", float("nan")), 4),
-                "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)}
+                "seconds": round(time.perf_counter() - t0, 1), "path": str(out_path)} | (
+                    {"note": identity_note} if identity_note else {})
 
     # -------------------------------------------------------------------------------- photos
     def align_photo(self, model: str, source, center_crop_if_no_face: bool = False) -> tuple[np.ndarray, str]:
