@@ -214,6 +214,9 @@ def test_bad_files_give_clear_errors(tmp_path, tiny, tiny_clip):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError):
         load_any_mapper(tmp_path / "junk.pt", tiny)
+    torch.save({"g_ema": {}, "latent_avg": torch.zeros(4)}, tmp_path / "generator.pt")
+    with pytest.raises(MapperCheckpointError, match="or a channel mapper.*looks like a generator checkpoint"):
+        load_any_mapper(tmp_path / "generator.pt", tiny)  # the message names both kinds of mapper file
 
 
 def test_config_and_module_check_their_shapes(tiny):

@@ -222,10 +222,11 @@ def load_channel_mapper(path: str | os.PathLike[str], generator: Generator) -> C
 
 def load_any_mapper(path: str | os.PathLike[str], generator: Generator) -> LevelsMapper | ChannelMapper:
     """Any mapper file, read once: a channel mapper, or a W+ mapper (ours or the official StyleCLIP format)."""
-    ckpt = load_checkpoint(path, expected=MAPPER_FILE_EXPECTED + f" or a channel mapper {{'format': '{FORMAT}'}}")
+    expected = MAPPER_FILE_EXPECTED + f", or a channel mapper {{'format': '{FORMAT}', 'config', 'state_dict'}}"
+    ckpt = load_checkpoint(path, expected=expected)
     if is_channel_mapper_file(ckpt):
         return channel_mapper_from_checkpoint(ckpt, generator, str(path)).eval()
-    return mapper_from_checkpoint(ckpt, generator, str(path)).eval()
+    return mapper_from_checkpoint(ckpt, generator, str(path), expected).eval()
 
 
 # ------------------------------------------------------------------------------------------------- training

@@ -499,9 +499,10 @@ MAPPER_FILE_EXPECTED = (
 )
 
 
-def mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, source: str) -> LevelsMapper:
+def mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, source: str,
+                           expected: str = MAPPER_FILE_EXPECTED) -> LevelsMapper:
     """A loaded checkpoint dict (ours or official) → the mapper on the generator's device; `source` names it in
-    errors."""
+    errors, and `expected` says what else would have been read."""
     if ckpt.get("format") == FORMAT:
         mapper = _load_ours(ckpt, generator, source)
     elif isinstance(ckpt.get("state_dict"), dict) and any(
@@ -511,7 +512,7 @@ def mapper_from_checkpoint(ckpt: dict[str, Any], generator: Generator, source: s
     else:
         hint = " (it looks like a generator checkpoint)" if "g_ema" in ckpt else ""
         raise MapperCheckpointError(
-            f"{source} is not {MAPPER_FILE_EXPECTED}; found top-level keys {preview_keys(ckpt)}{hint}."
+            f"{source} is not {expected}; found top-level keys {preview_keys(ckpt)}{hint}."
         )
     return mapper.to(generator.device)
 
