@@ -5,7 +5,7 @@ absolute target ("purple background", "black hair") is reached only from nearby 
 adapts to each face but moves all of W+ (and the fragile attributes with it). This trains, per text pair, a small
 network that moves only the channels the global direction selects at auto-beta (plus the `--extra` next most
 relevant ones): Δs = alpha · Δs_global + σ ⊙ net(w), with net's last layer zero at the start, so training starts
-from the global edit. Objective: CLIP loss toward the target, StyleGAN-NADA's directional loss, the identity
+from the global edit (the engine's `ChannelMapper`; this script keeps its own loop for the objective's variants). Objective: CLIP loss toward the target, StyleGAN-NADA's directional loss, the identity
 network's loss, and the squared residual in σ units (the global edit is the prior). Then the edit benchmark reads
 the results (seeds never used in training).
 
@@ -21,10 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from styleclip.engines.channel_mapper import (  # noqa: E402
+    ChannelMapper,
+    ChannelMapperConfig,
+    apply_channel_mapper,
+    channels_for_pair,
+)
 from styleclip.engines.clip_losses import directional_loss, text_change_direction  # noqa: E402
 from styleclip.engines.precompute import clip_render_resolution  # noqa: E402
 from styleclip.evaluation import BENCHMARK_EDITS, HELDOUT_EDITS, EditSpec, evaluate_edits, format_report  # noqa: E402
@@ -33,41 +38,6 @@ from styleclip.studio import Studio  # noqa: E402
 from styleclip.toyfaces.classifier import load_classifier  # noqa: E402
 
 EDIT_SETS = {"benchmark": BENCHMARK_EDITS, "heldout": HELDOUT_EDITS}
-
-
-class ChannelMapper(nn.Module):
-    """w [N, D] → Δs on K channels [N, K] = base + scale ⊙ MLP(w) (the MLP's last layer starts at zero)."""
-
-    def __init__(self, dim: int, base: torch.Tensor, scale: torch.Tensor, hidden: int = 128):
-        super().__init__()
-        self.register_buffer("base", base)
-        self.register_buffer("scale", scale)
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.2), nn.Linear(hidden, base.numel()))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def residual(self, w: torch.Tensor) -> torch.Tensor:
-        return self.net(w)  # [N, K] in σ units
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.base + self.scale * self.residual(w)
-
-
-def channels_for(loaded, spec: EditSpec, alpha: float, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat-s positions [K], alpha·Δs_global there [K]): the auto-beta channels, then `extra` more by |r|."""
-    engine = loaded.engine()
-    beta = engine.auto_beta(spec.neutral, spec.target, loaded.bundle.auto_beta_floor)
-    delta = engine.direction(spec.neutral, spec.target, beta).delta_s
-    chosen = delta.nonzero()[:, 0]
-    if extra:
-        r = engine.relevance(spec.neutral, spec.target)[0].abs()
-        conv = engine.stats.conv_index
-        order = conv[torch.argsort(r, descending=True)]
-        taken = set(chosen.tolist())
-        more = [p for p in order.tolist() if p not in taken][:extra]
-        chosen = torch.cat([chosen, torch.tensor(more, dtype=torch.long)])
-    return chosen, alpha * delta[chosen]
 
 
 # Attribute texts whose CLIP reading an edit of something else should leave alone (the face's fragile parts first).
@@ -94,9 +64,10 @@ def probe_directions(clip, change: torch.Tensor, probes: str, max_cos: float = 0
 
 def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
     g, clip = loaded.generator, loaded.clip
-    positions, base = channels_for(loaded, spec, args.alpha, args.extra)
-    std = loaded.engine().stats.std[positions]
-    mapper = ChannelMapper(g.style_dim, base, std)
+    positions, base, std, _ = channels_for_pair(loaded.engine(), spec.neutral, spec.target, args.alpha, args.extra,
+                                                loaded.bundle.auto_beta_floor)
+    mapper = ChannelMapper(ChannelMapperConfig(g.style_dim, g.n_latent, g.s_dim, positions.numel()), positions, base,
+                           std)
     opt = torch.optim.Adam(mapper.parameters(), lr=args.lr)
     if args.templates:  # the prompt ensemble global directions use for Δt
         target = clip.encode_text_templates(spec.target)[None].detach()
@@ -111,17 +82,17 @@ def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
     for step in range(args.steps):
         z = torch.randn(args.batch, g.style_dim, generator=rng)
         with torch.no_grad():
-            w = g.truncate(g.mapping(z), loaded.bundle.truncation)
-            s_src = g.s_to_flat(g.w_plus_to_s(g.w_to_w_plus(w)))
+            w_plus = g.w_to_w_plus(g.truncate(g.mapping(z), loaded.bundle.truncation))
+            s_src = g.s_to_flat(g.w_plus_to_s(w_plus))
             img_src = g.synthesis(g.flat_to_s(s_src), until_resolution=res)
             emb_src = clip.encode_image(img_src)
         s = s_src.clone()
-        s[:, positions] = s[:, positions] + mapper(w)
+        s[:, positions] = s[:, positions] + mapper(w_plus)
         img = g.synthesis(g.flat_to_s(s), until_resolution=res)
         emb = clip.encode_image(img)
         clip_loss = (1 - emb @ target.t()).mean()
         dir_loss = directional_loss(emb, emb_src, change).mean()
-        reg = mapper.residual(w).square().mean()
+        reg = mapper.residual(w_plus).square().mean()
         loss = clip_loss + args.dir_weight * dir_loss + args.reg_weight * reg
         if identity is not None and args.id_weight > 0:
             loss = loss + args.id_weight * identity.loss(img, img_src).mean()
@@ -134,7 +105,6 @@ def train(loaded, spec: EditSpec, args, identity) -> ChannelMapper:
             print(json.dumps({"edit": spec.name, "step": step, "loss": round(float(loss), 4),
                               "clip": round(float(clip_loss), 4), "dir": round(float(dir_loss), 4),
                               "residual": round(float(reg), 4)}), file=sys.stderr, flush=True)
-    mapper.positions = positions
     return mapper.eval()
 
 
@@ -201,11 +171,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @torch.inference_mode()
     def edit_fn(spec: EditSpec, seed: int) -> torch.Tensor:
-        mapper = mappers[spec.name]
-        w_plus = loaded.source_w_plus(seed)
-        s = g.s_to_flat(g.w_plus_to_s(w_plus))
-        s[:, mapper.positions] += mapper(w_plus[:, 0])
-        return g.synthesis(g.flat_to_s(s))
+        return g.synthesis(g.flat_to_s(apply_channel_mapper(mappers[spec.name], g, loaded.source_w_plus(seed))))
 
     report_edits(loaded, edit_fn, specs, args, "channel mapper", ("train_s", train_s))
 

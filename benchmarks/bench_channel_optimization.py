@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_channel_mapper import add_common_arguments, report_edits, selected_specs  # noqa: E402
 
-from styleclip.engines.channel_mapper import select_channels  # noqa: E402
+from styleclip.engines.channel_mapper import channels_for_pair  # noqa: E402
 from styleclip.engines.clip_losses import directional_loss, text_change_direction  # noqa: E402
 from styleclip.engines.optimization import lr_schedule  # noqa: E402
 from styleclip.engines.precompute import clip_render_resolution  # noqa: E402
@@ -46,10 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     res = clip_render_resolution(g, clip)
     setup = {}
     for spec in specs:
-        beta = engine.auto_beta(spec.neutral, spec.target, loaded.bundle.auto_beta_floor)
-        positions, base, scale = select_channels(engine.relevance(spec.neutral, spec.target)[0],
-                                                 engine.direction(spec.neutral, spec.target, beta).delta_s,
-                                                 engine.stats.conv_index, engine.stats.std, args.alpha, args.extra)
+        positions, base, scale, _ = channels_for_pair(engine, spec.neutral, spec.target, args.alpha, args.extra,
+                                                      loaded.bundle.auto_beta_floor)
         setup[spec.name] = (positions, base / scale, scale, clip.encode_text([spec.target]).detach(),
                             text_change_direction(clip, spec.neutral, spec.target).detach())
     t_total = [0.0]

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from styleclip.engines.channel_mapper import apply_channel_mapper, load_channel_mapper  # noqa: E402
-from styleclip.engines.mapper import LevelsMapper, apply_mapper  # noqa: E402
+from styleclip.engines.channel_mapper import load_channel_mapper, mapped_s  # noqa: E402
+from styleclip.engines.mapper import LevelsMapper  # noqa: E402
 from styleclip.engines.optimization import optimize  # noqa: E402
 from styleclip.models import model_zoo  # noqa: E402
 from styleclip.models.clip_model import ClipModel, build_small_clip  # noqa: E402
@@ -38,16 +38,12 @@ def mapper_ms_per_image(loaded, batch: int, reps: int = 10, channel_mapper_path:
     mapper = (LevelsMapper.for_generator(g, seed=0).eval() if channel_mapper_path is None
               else load_channel_mapper(channel_mapper_path, g))
 
-    def render(w_plus):
-        if channel_mapper_path is None:
-            return g.synthesis_w_plus(apply_mapper(mapper, w_plus))
-        return g.synthesis(g.flat_to_s(apply_channel_mapper(mapper, g, w_plus)))
     w_plus = torch.cat([loaded.source_w_plus(s) for s in range(batch)])
     times = []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            render(w_plus)
+            g.synthesis(g.flat_to_s(mapped_s(mapper, g, w_plus)))
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:]) * 1000 / batch
 

@@ -338,8 +338,7 @@ def cmd_train_channel_mapper(args: argparse.Namespace) -> dict:
 
 
 def cmd_apply_mapper(args: argparse.Namespace) -> dict:
-    from .engines.channel_mapper import ChannelMapper, apply_channel_mapper, load_any_mapper
-    from .engines.mapper import apply_mapper
+    from .engines.channel_mapper import ChannelMapper, load_any_mapper, mapped_s
     from .imaging import img_to_image, save_image
     from .studio import Studio
 
@@ -348,23 +347,17 @@ def cmd_apply_mapper(args: argparse.Namespace) -> dict:
     loaded = Studio(args.device).model(args.model)
     generator = loaded.generator
     mapper = load_any_mapper(args.mapper, generator)
-    channels = isinstance(mapper, ChannelMapper)
-    kind = {"kind": "channels", "channels": mapper.config.channels} if channels else {
-        "kind": "w_plus", "groups": list(mapper.groups)}
+    kind = ({"kind": "channels", "channels": mapper.config.channels} if isinstance(mapper, ChannelMapper)
+            else {"kind": "w_plus", "groups": list(mapper.groups)})
     t_load = time.perf_counter() - t0
     lines = []
     for seed, out in batch:
         w_plus = loaded.source_w_plus(seed)  # [1, L, D] at the bundle's truncation
         t1 = time.perf_counter()
         with torch.inference_mode():
-            if channels:
-                s = generator.flat_to_s(apply_channel_mapper(mapper, generator, w_plus, args.strength))
-                t2 = time.perf_counter()
-                img = generator.synthesis(s)
-            else:
-                w_edit = apply_mapper(mapper, w_plus, args.strength)
-                t2 = time.perf_counter()
-                img = generator.synthesis_w_plus(w_edit)
+            s = mapped_s(mapper, generator, w_plus, args.strength)
+            t2 = time.perf_counter()
+            img = generator.synthesis(generator.flat_to_s(s))
         t3 = time.perf_counter()
         save_image(img_to_image(img), out)
         lines.append({"out": str(out), "model": loaded.name, "seed": seed, "strength": args.strength,

@@ -587,8 +587,7 @@ class _MapperEdit:
         return spec.name in self.paths
 
     def __call__(self, spec: EditSpec, seed: int) -> torch.Tensor:
-        from .engines.channel_mapper import ChannelMapper, apply_channel_mapper, load_any_mapper
-        from .engines.mapper import apply_mapper
+        from .engines.channel_mapper import load_any_mapper, mapped_s
 
         if spec.name not in self.paths:
             raise EditFailed(f"no mapper for {spec.name!r}")
@@ -597,12 +596,8 @@ class _MapperEdit:
             mapper = self._mappers[spec.name] = load_any_mapper(self.paths[spec.name], self.loaded.generator)
         generator, w_plus = self.loaded.generator, self.loaded.source_w_plus(seed)
         with torch.inference_mode():
-            if isinstance(mapper, ChannelMapper):
-                if self.groups is not None:
-                    raise ValueError("W+ layer groups do not apply to a channel mapper; leave --groups out.")
-                return generator.synthesis(generator.flat_to_s(apply_channel_mapper(mapper, generator, w_plus,
-                                                                                    self.strength)))
-            return generator.synthesis_w_plus(apply_mapper(mapper, w_plus, self.strength, self.groups))
+            return generator.synthesis(generator.flat_to_s(mapped_s(mapper, generator, w_plus, self.strength,
+                                                                    self.groups)))
 
     def describe(self, spec: EditSpec) -> str:
         groups = "" if self.groups is None else f", groups {'+'.join(self.groups) or 'none'}"

@@ -491,12 +491,10 @@ class Studio:
         """Applies a mapper file to each seed: [(seed, source image, edited image)] (uint8 [R, R, 3]).
 
         `w_plus_source` [1, L, D] (an inverted photo) replaces the seeds; it is reported as seed -1. With it,
-        `s_source` [1, s_dim] (the photo's S-refined code) keeps the refinement: a W+ mapper edits the W+ code and
-        the S difference s_source − S(w_plus_source) is added to the source and to the edit alike; a channel mapper
-        adds its change to s_source itself.
+        `s_source` [1, s_dim] (the photo's S-refined code) keeps the refinement: the mapper's change in S (of the
+        W+ code's edit for a W+ mapper, of its channels for a channel mapper) is added to s_source.
         """
-        from .engines.channel_mapper import ChannelMapper, edit_channels
-        from .engines.mapper import apply_mapper
+        from .engines.channel_mapper import mapped_s
 
         loaded = self.model(model)
         strength = validate_range(strength, "strength", *MAPPER_STRENGTH_RANGE)
@@ -508,18 +506,12 @@ class Studio:
             w_plus = (torch.as_tensor(w_plus_source).to(loaded.device) if w_plus_source is not None
                       else torch.cat([loaded.source_w_plus(s) for s in seeds]))
             generator = loaded.generator
-            if isinstance(mapper, ChannelMapper):  # it edits S, so a photo's S refinement is its starting point
-                s = generator.s_to_flat(generator.w_plus_to_s(w_plus))
-                if w_plus_source is not None and s_source is not None:
-                    s = torch.as_tensor(s_source).to(s).reshape(1, -1)
-                imgs = generator.synthesis(generator.flat_to_s(torch.cat([s, edit_channels(mapper, w_plus, s, strength)])))
-            elif w_plus_source is not None and s_source is not None:
-                both = torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)])
-                flat = generator.s_to_flat(generator.w_plus_to_s(both))
-                flat = flat + (torch.as_tensor(s_source).to(flat).reshape(1, -1) - flat[:1])
-                imgs = generator.synthesis(generator.flat_to_s(flat))
-            else:
-                imgs = generator.synthesis_w_plus(torch.cat([w_plus, apply_mapper(mapper, w_plus, strength)]))
+            s = generator.s_to_flat(generator.w_plus_to_s(w_plus))
+            s_edit = mapped_s(mapper, generator, w_plus, strength)
+            if w_plus_source is not None and s_source is not None:  # the edit moves onto the refined code
+                s_refined = torch.as_tensor(s_source).to(s).reshape(1, -1)
+                s, s_edit = s_refined, s_refined + (s_edit - s)
+            imgs = generator.synthesis(generator.flat_to_s(torch.cat([s, s_edit])))
         images = img_to_images(imgs)
         return [(seed, images[i], images[len(seeds) + i]) for i, seed in enumerate(seeds)]
 
@@ -583,7 +575,7 @@ class Studio:
         Returns:
             info with the channel count, the final losses, the settings and the timing.
         """
-        from .engines.channel_mapper import EXTRA_DEFAULT, select_channels, train_channel_mapper
+        from .engines.channel_mapper import EXTRA_DEFAULT, channels_for_pair, train_channel_mapper
 
         t0 = time.perf_counter()
         neutral, target = validate_text(neutral, "neutral"), validate_text(target, "target")
@@ -593,12 +585,8 @@ class Studio:
         extra = EXTRA_DEFAULT if extra is None else int(validate_range(extra, "extra channels",
                                                                        *CHANNEL_MAPPER_EXTRA_RANGE))
         loaded = self.model(model)
-        engine = loaded.engine()
-        beta = engine.auto_beta(neutral, target, loaded.bundle.auto_beta_floor)
-        relevance, _ = engine.relevance(neutral, target)
-        positions, base, scale = select_channels(relevance, engine.direction(neutral, target, beta).delta_s,
-                                                 engine.stats.conv_index, engine.stats.std, CHANNEL_MAPPER_ALPHA,
-                                                 extra)
+        positions, base, scale, beta = channels_for_pair(loaded.engine(), neutral, target, CHANNEL_MAPPER_ALPHA, extra,
+                                                         loaded.bundle.auto_beta_floor)
         identity, id_weight, identity_note = identity_term(loaded, id_weight, CHANNEL_MAPPER_ID_WEIGHT)
         preview = None if on_preview is None else (lambda step, src, edit: on_preview(
             step, list(zip(img_to_images(src), img_to_images(edit)))))

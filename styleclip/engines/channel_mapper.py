@@ -34,6 +34,7 @@ from ..models.checkpoints import load_checkpoint, preview_keys
 from ..models.clip_model import ClipModel
 from ..models.generator import Generator
 from .clip_losses import directional_loss, text_change_direction
+from .global_directions import GlobalDirections
 from .mapper import (
     MAPPER_FILE_EXPECTED,
     VALIDATION_SEED,
@@ -43,6 +44,7 @@ from .mapper import (
     PreviewFn,
     _check_state_dict,
     _identity_fn,
+    apply_mapper,
     mapper_from_checkpoint,
     sample_w_plus,
 )
@@ -50,8 +52,8 @@ from .precompute import ProgressFn, clip_render_resolution
 from .training import TrainState, atomic_save, check_resumable, held_out_terms, run_steps
 
 __all__ = ["EXTRA_DEFAULT", "FORMAT", "ChannelMapper", "ChannelMapperConfig", "apply_channel_mapper",
-           "channel_mapper_from_checkpoint", "edit_channels", "is_channel_mapper_file", "load_any_mapper",
-           "load_channel_mapper", "save_channel_mapper", "select_channels", "train_channel_mapper",
+           "channel_mapper_from_checkpoint", "channels_for_pair", "edit_channels", "is_channel_mapper_file", "load_any_mapper",
+           "load_channel_mapper", "mapped_s", "save_channel_mapper", "select_channels", "train_channel_mapper",
            "validation_objective"]
 
 FORMAT = "styleclip-studio-channel-mapper"
@@ -132,6 +134,21 @@ def apply_channel_mapper(mapper: ChannelMapper, generator: Generator, w_plus: to
     return edit_channels(mapper, w_plus, generator.s_to_flat(generator.w_plus_to_s(w_plus)), strength)
 
 
+def mapped_s(mapper: LevelsMapper | ChannelMapper, generator: Generator, w_plus: torch.Tensor,
+             strength: float = 1.0, groups=None) -> torch.Tensor:
+    """Either kind of mapper applied to w_plus [N, L, D] → the edited flat s [N, s_dim].
+
+    Both kinds end in S, so callers render one way and can carry a change over to another start code:
+    mapped − S(w_plus) is the edit (only the channel mapper's channels for a channel mapper). `groups` (W+ row groups)
+    applies to W+ mappers only.
+    """
+    if isinstance(mapper, ChannelMapper):
+        if groups is not None:
+            raise ValueError("W+ layer groups do not apply to a channel mapper; leave the groups out.")
+        return apply_channel_mapper(mapper, generator, w_plus, strength)
+    return generator.s_to_flat(generator.w_plus_to_s(apply_mapper(mapper, w_plus, strength, groups)))
+
+
 def select_channels(relevance: torch.Tensor, delta_s: torch.Tensor, conv_index: torch.Tensor, std: torch.Tensor,
                     alpha: float, extra: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The channels a mapper moves and its starting point.
@@ -154,6 +171,17 @@ def select_channels(relevance: torch.Tensor, delta_s: torch.Tensor, conv_index: 
         by_relevance = conv_index[torch.argsort(relevance.abs(), descending=True)]
         chosen = torch.cat([chosen, by_relevance[~taken[by_relevance]][:extra]])
     return chosen, float(alpha) * delta_s[chosen], std[chosen]
+
+
+def channels_for_pair(engine: GlobalDirections, neutral: str, target: str, alpha: float, extra: int,
+                      min_channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """`select_channels` for a text pair through the global-direction engine at auto-beta (keeping more than
+    `min_channels`): (positions [K], base [K], scale [K], the beta used)."""
+    beta = engine.auto_beta(neutral, target, min_channels)
+    positions, base, scale = select_channels(engine.relevance(neutral, target)[0],
+                                             engine.direction(neutral, target, beta).delta_s, engine.stats.conv_index,
+                                             engine.stats.std, alpha, extra)
+    return positions, base, scale, beta
 
 
 # ------------------------------------------------------------------------------------------------- files

@@ -74,15 +74,15 @@ def pick_best(studio: Studio, model: str, text: str, runs: dict[int, Path], dire
               neutral: str = "face", kind: str = "w_plus") -> tuple[int, dict[int, dict]]:
     """The seed whose mapper has the lowest held-out training objective, and every run's objective terms."""
     loaded = studio.model(model)
+    identity, id_weight, _ = (identity_term(loaded, None, CHANNEL_MAPPER_ID_WEIGHT) if kind == "channels"
+                              else studio.mapper_identity(model))
     scores = {}
     for seed, path in runs.items():
         if kind == "channels":
-            identity, id_weight, _ = identity_term(loaded, None, CHANNEL_MAPPER_ID_WEIGHT)
             scores[seed] = channel_validation_objective(
                 load_channel_mapper(path, loaded.generator), loaded.generator, loaded.clip, neutral, text,
                 id_weight=id_weight, identity=identity, truncation=loaded.bundle.truncation)
             continue
-        identity, id_weight, _ = studio.mapper_identity(model)
         mapper = load_mapper(path, loaded.generator)
         scores[seed] = validation_objective(mapper, loaded.generator, loaded.clip, text, clip_weight=1.0,
                                             l2_weight=L2_WEIGHT, id_weight=id_weight, identity=identity,
@@ -113,20 +113,24 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.only or ()) - {s.name for s in specs}
     if unknown:
         raise SystemExit(f"unknown edits {sorted(unknown)}; known: {[s.name for s in BENCHMARK_EDITS]}")
-    folder = mappers_dir(args.model) / ("channels" if args.kind == "channels" else "")
+    folder = mappers_dir(args.model) / ("channels" if args.kind == "channels" else "")  # the app lists both
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     studio = Studio()
     args.direction_weight = studio.mapper_direction_weight(args.model, args.direction_weight)
 
+    channels = args.kind == "channels"
+
+    def checkpoint_of(spec, seed: int) -> Path:
+        return (channel_run_path(args.model, spec.name, seed) if channels
+                else run_path(args.model, spec.name, seed, args.direction_weight))
+
     def train(job) -> tuple[str, int, int, float]:
         spec, seed = job
-        if args.kind == "channels":
-            checkpoint = channel_run_path(args.model, spec.name, seed)
-            cmd = channel_command(args.model, spec.neutral, spec.target, checkpoint, args.steps, seed)
-        else:
-            checkpoint = run_path(args.model, spec.name, seed, args.direction_weight)
-            cmd = command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight, spec.neutral)
+        checkpoint = checkpoint_of(spec, seed)
+        cmd = (channel_command(args.model, spec.neutral, spec.target, checkpoint, args.steps, seed) if channels
+               else command(args.model, spec.target, checkpoint, args.steps, seed, args.direction_weight,
+                            spec.neutral))
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(checkpoint.with_suffix(".log"), "a") as fh:
@@ -144,9 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in specs:
         if spec.name in failed:
             continue
-        channels = args.kind == "channels"
-        runs = {seed: channel_run_path(args.model, spec.name, seed) if channels
-                else run_path(args.model, spec.name, seed, args.direction_weight) for seed in args.seeds}
+        runs = {seed: checkpoint_of(spec, seed) for seed in args.seeds}
         best, scores = (pick_best(studio, args.model, spec.target, runs, args.direction_weight, spec.neutral,
                                   args.kind) if len(runs) > 1 else (args.seeds[0], {}))
         for seed, terms in scores.items():
